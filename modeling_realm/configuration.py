@@ -1,0 +1,122 @@
+"""`RealmConfig`: one configuration object for every REALM model class.
+
+It reads every field of the `google/realm-*` config.json files (including `searcher_seq_len` and `use_scann`,
+which transformers 4.x only kept as loose attributes) with the defaults transformers 4.x used, plus the few
+fields transformers 5's BERT modules read (`is_decoder`, `add_cross_attention`, `use_cache`).
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+
+
+@strict
+class RealmConfig(PreTrainedConfig):
+    r"""Configuration of the REALM embedder, scorer, knowledge-augmented encoder, reader, retriever and open-QA model.
+
+    Defaults reproduce `google/realm-cc-news-pretrained-*` (BERT-base, 128-d retrieval projection).
+
+    Args:
+        vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act,
+        hidden_dropout_prob, attention_probs_dropout_prob, max_position_embeddings, type_vocab_size,
+        initializer_range, layer_norm_eps: the BERT backbone shared by every tower.
+        retriever_proj_size (`int`, defaults to 128): size of the query/block embeddings used for retrieval.
+        num_candidates (`int`, defaults to 8): retrieved blocks per query in `RealmScorer` and
+            `RealmKnowledgeAugEncoder` (the `k` of the marginal likelihood).
+        span_hidden_size (`int`, defaults to 256): hidden size of the reader's span scorer.
+        max_span_width (`int`, defaults to 10): longest answer span (in wordpieces) the reader scores.
+        reader_layer_norm_eps (`float`, defaults to 1e-3): epsilon of the span scorer's LayerNorm.
+        reader_beam_size (`int`, defaults to 5): blocks the reader reads per question.
+        reader_seq_len (`int`, defaults to 320): length of `[CLS] question [SEP] block [SEP]` reader inputs.
+        num_block_records (`int`, defaults to 13353718): rows of the `block_emb` buffer of `RealmForOpenQA`.
+        searcher_beam_size (`int`, defaults to 5000): blocks retrieved per question for the retriever loss.
+        searcher_seq_len (`int`, defaults to 64): length of tokenized questions.
+        use_scann (`bool`, defaults to `False`): kept for compatibility with google's config files; searching is
+            done by FAISS in this package and the flag is not read.
+        separate_query_embedder (`bool`, defaults to `False`): `RealmScorer`/`RealmRetriever` use one embedder
+            for queries and blocks (as google's checkpoints do) unless this is `True`, in which case the query
+            tower `query_embedder` is a second, independent `RealmEmbedder`.
+    """
+
+    model_type = "realm"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    retriever_proj_size: int = 128
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_candidates: int = 8
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu_new"
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    span_hidden_size: int = 256
+    max_span_width: int = 10
+    reader_layer_norm_eps: float = 1e-3
+    reader_beam_size: int = 5
+    reader_seq_len: int = 320
+    num_block_records: int = 13353718
+    searcher_beam_size: int = 5000
+    searcher_seq_len: int = 64
+    use_scann: bool = False
+    separate_query_embedder: bool = False
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | None = 2
+    # Read by transformers 5's BERT modules; REALM towers are bidirectional encoders.
+    use_cache: bool = True
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    tie_word_embeddings: bool = True
+
+    def validate_positive_sizes(self):
+        names = ("vocab_size", "hidden_size", "retriever_proj_size", "num_hidden_layers", "num_attention_heads",
+                 "num_candidates", "intermediate_size", "max_position_embeddings", "type_vocab_size",
+                 "span_hidden_size", "max_span_width", "reader_beam_size", "reader_seq_len", "searcher_beam_size",
+                 "searcher_seq_len")
+        for name in names:
+            value = getattr(self, name)
+            if value <= 0:
+                raise ValueError(f"RealmConfig.{name} must be a positive integer, got {value}.")
+        if self.num_block_records < 0:
+            raise ValueError(f"RealmConfig.num_block_records must be >= 0, got {self.num_block_records}.")
+
+    def validate_attention_heads(self):
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"RealmConfig.hidden_size ({self.hidden_size}) must be a multiple of "
+                f"RealmConfig.num_attention_heads ({self.num_attention_heads}); change one of the two."
+            )
+
+    def validate_dropout(self):
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"RealmConfig.{name} must lie in [0, 1), got {value}.")
+
+    def validate_hidden_act(self):
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"RealmConfig.hidden_act={self.hidden_act!r} is not a known activation; use one of "
+                f"'gelu_new' (google's checkpoints), 'gelu', 'relu', ..."
+            )
+
+    def validate_beams(self):
+        if self.reader_beam_size > self.searcher_beam_size:
+            raise ValueError(
+                f"RealmConfig.reader_beam_size ({self.reader_beam_size}) cannot exceed "
+                f"RealmConfig.searcher_beam_size ({self.searcher_beam_size}): the reader reads the top blocks "
+                "of the searcher's beam."
+            )
+        if self.max_span_width > self.reader_seq_len:
+            raise ValueError(
+                f"RealmConfig.max_span_width ({self.max_span_width}) cannot exceed "
+                f"RealmConfig.reader_seq_len ({self.reader_seq_len})."
+            )
+
+
+__all__ = ["RealmConfig"]

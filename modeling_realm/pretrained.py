@@ -1,0 +1,79 @@
+"""`RealmPreTrainedModel` and the small helpers every REALM tower shares.
+
+Every tower is transformers 5's own `BertModel` stored under the name `realm`, so state-dict names
+(`realm.embeddings.*`, `realm.encoder.layer.N.*`, `realm.pooler.*`) are those of transformers 4.x REALM.
+"""
+
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertModel
+
+from .configuration import RealmConfig
+
+# Ties inside every `cls.predictions` head, as in 4.x (`decoder.bias` is the head's `bias`).
+PREDICTION_BIAS_TIE = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
+
+
+class RealmPreTrainedModel(PreTrainedModel):
+    """Base class: weight initialisation, loading rules and input checks shared by the REALM models."""
+
+    config: RealmConfig
+    config_class = RealmConfig
+    base_model_prefix = "realm"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["BertEmbeddings", "BertLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, BertLMPredictionHead):
+            init.zeros_(module.bias)
+
+    def _resolve_return_dict(self, return_dict):
+        return return_dict if return_dict is not None else self.config.return_dict
+
+
+def build_backbone(config: RealmConfig) -> BertModel:
+    """The BERT encoder of one REALM tower (with pooler, as all of google's checkpoints have one)."""
+    return BertModel(config, add_pooling_layer=True)
+
+
+def run_backbone(bert, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None):
+    """Call a transformers 5 `BertModel` with the 4.x REALM argument set.
+
+    Returns a `BaseModelOutputWithPoolingAndCrossAttentions` (`last_hidden_state` `[batch, seq, hidden]`,
+    `pooler_output` `[batch, hidden]`).
+    """
+    if head_mask is not None:
+        raise ValueError(
+            "head_mask is not supported: transformers 5 removed head masking from the BERT layers REALM is "
+            "built on. Pass head_mask=None (the default)."
+        )
+    flags = {}
+    if output_attentions is not None:
+        flags["output_attentions"] = output_attentions
+    if output_hidden_states is not None:
+        flags["output_hidden_states"] = output_hidden_states
+    return bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **flags)
+
+
+def check_rank(name: str, tensor, ranks: tuple[int, ...], layout: str):
+    """Raise a ValueError naming `name` when `tensor` is given with a rank outside `ranks`."""
+    if tensor is not None and tensor.dim() not in ranks:
+        raise ValueError(f"{name} must have shape {layout}, got a tensor of shape {tuple(tensor.shape)}.")
+
+
+def flatten_candidates(*tensors):
+    """View every `[batch, num_candidates, ...]` tensor as `[batch * num_candidates, ...]` (None stays None)."""
+    flat = []
+    for tensor in tensors:
+        if tensor is not None and tensor.dim() > 2:
+            # [batch, num_candidates, seq] -> [batch * num_candidates, seq]
+            tensor = tensor.reshape(-1, tensor.shape[-1])
+        flat.append(tensor)
+    return flat
