@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 import modeling_realm
 from tests.helpers import (
@@ -85,3 +86,22 @@ def test_legacy_weights_are_read_without_unpickling_code(tmp_path, monkeypatch):
 class _Executes:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
+
+
+def test_unknown_keys_are_reported_but_position_ids_are_not(tmp_path, caplog):
+    directory = write_google_layout("google/realm-orqa-nq-reader", tmp_path / "reader")
+    state = torch.load(directory / "pytorch_model.bin", weights_only=True)
+    assert "realm.embeddings.position_ids" in state
+    state["reader_extra.weight"] = torch.zeros(3)
+    del state["qa_outputs.dense_output.bias"]
+    torch.save(state, directory / "pytorch_model.bin")
+    transformers_logging.enable_propagation()
+    try:
+        _, info = modeling_realm.RealmReader.from_pretrained(directory, output_loading_info=True)
+    finally:
+        transformers_logging.disable_propagation()
+    assert info["unexpected_keys"] == {"reader_extra.weight"}
+    assert info["missing_keys"] == {"qa_outputs.dense_output.bias"}
+    report = caplog.text
+    assert "reader_extra.weight" in report and "qa_outputs.dense_output.bias" in report
+    assert "position_ids" not in report

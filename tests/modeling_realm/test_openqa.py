@@ -113,3 +113,24 @@ def test_bad_block_ids_and_missing_inputs_are_named():
                                              "block_mask")}
     with pytest.raises(ValueError, match="fewer than config.max_span_width=3"):
         model(**{**batch, **short})
+
+
+def test_block_emb_of_a_legacy_checkpoint_is_not_copied_into_memory(tmp_path):
+    """google's block_emb is 6.8 GB: loading keeps it memory-mapped and a lookup reads only the rows it needs."""
+    psutil = pytest.importorskip("psutil")
+    rows = 400_000  # 205 MB of float32 at 128-d
+    config = tiny_config(retriever_proj_size=128, num_block_records=rows)
+    state = RealmForOpenQA(config).state_dict()
+    state["block_emb"] = torch.randn(rows, 128)
+    expected = state["block_emb"][[7, rows - 1]].clone()
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    config.architectures = ["RealmForOpenQA"]
+    config.save_pretrained(tmp_path)
+    del state
+    process = psutil.Process()
+    before = process.memory_info().rss
+    model = RealmForOpenQA.from_pretrained(tmp_path)
+    looked_up = model.lookup_block_embeddings(torch.tensor([[7, rows - 1]]))
+    grown = (process.memory_info().rss - before) / 2**20
+    assert torch.equal(looked_up[0], expected)
+    assert grown < 100, f"loading grew the process by {grown:.0f} MiB for a 195 MiB block_emb"
