@@ -1,6 +1,6 @@
-"""Corpus -> blocks -> embeddings -> FAISS `BlockIndex` (see DESIGN.md sections 3-5).
+"""Corpus -> blocks -> embeddings -> FAISS `BlockIndex` (DESIGN.md sections 3-5)."""
 
-The index stage builds on the models in `modeling_realm`; its classes are added by the index issue.
-"""
+from .block_index import BlockIndex
+from .manifest import IndexMismatchError
 
-__all__: list[str] = []
+__all__ = ["BlockIndex", "IndexMismatchError"]

@@ -5,6 +5,8 @@ Following Atlas, the index is attached to the model, not stored in its weights: 
 `RealmRetriever(config, index=index)`), and the model never decides when the index is rebuilt.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -41,13 +43,16 @@ class RealmRetriever(RealmTwoTowerModel):
 
     @index.setter
     def index(self, index):
-        dimension = getattr(index, "dimension", None)
-        if index is not None and dimension is not None and dimension != self.config.retriever_proj_size:
-            raise ValueError(
-                f"The index holds {dimension}-d embeddings but this retriever produces "
-                f"{self.config.retriever_proj_size}-d ones (config.retriever_proj_size); build the index with this "
-                "retriever's block embedder."
-            )
+        if index is not None:
+            check = getattr(index, "check_compatible", None)
+            if check is not None:
+                check(self)  # dimension must match; different block-tower weights warn
+            elif getattr(index, "dimension", self.config.retriever_proj_size) != self.config.retriever_proj_size:
+                raise ValueError(
+                    f"The index holds {index.dimension}-d embeddings but this retriever produces "
+                    f"{self.config.retriever_proj_size}-d ones (config.retriever_proj_size); build the index with "
+                    "this retriever's block embedder."
+                )
         self._index = index
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, block_input_ids=None,
@@ -77,20 +82,37 @@ class RealmRetriever(RealmTwoTowerModel):
         return result if self._resolve_return_dict(return_dict) else result.to_tuple()
 
     @torch.no_grad()
-    def retrieve(self, input_ids, attention_mask=None, token_type_ids=None, k=None):
+    def retrieve(self, input_ids, attention_mask=None, token_type_ids=None, k=None, return_blocks: bool = True):
         """Search the attached index for the top `k` blocks of each query `[batch, q_seq]`.
 
-        Returns (block_ids `np.ndarray [batch, k]` int64, scores `np.ndarray [batch, k]` float32), best first.
-        The scores come from the index; recompute them in torch (`relevance_scores`) when gradients are needed.
+        Returns a `RetrievedBlocks` with block_ids and scores (numpy `[batch, k]`, best first) and, when the index
+        has `get_blocks`, the blocks themselves (dicts with block_id, doc_id, title, text). The scores come from the
+        index; use `relevance_to(query_embeddings, block_ids)` or `forward` when gradients are needed.
         """
         if self.index is None:
             raise ValueError("No index is attached to this RealmRetriever: build one with index_builder and set "
                              "`retriever.index = index` (or pass index= to from_pretrained).")
         k = self.config.reader_beam_size if k is None else k
-        # [batch, proj] float32 numpy, detached: the index only picks block ids
-        queries = self.embed_queries(input_ids, attention_mask, token_type_ids).float().cpu().numpy()
-        scores, block_ids = self.index.search(queries, k)
-        return np.asarray(block_ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+        # [batch, proj], detached: the index only picks block ids
+        queries = self.embed_queries(input_ids, attention_mask, token_type_ids)
+        scores, block_ids = self.index.search(queries.float().cpu().numpy(), k)
+        blocks = self.index.get_blocks(block_ids) if return_blocks and hasattr(self.index, "get_blocks") else None
+        return RetrievedBlocks(np.asarray(block_ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), blocks)
+
+    def relevance_to(self, query_embeddings: torch.Tensor, block_ids) -> torch.Tensor:
+        """Scores `[batch, k]` of queries `[batch, proj]` (with gradients) against the index's stored embeddings
+        of `block_ids` `[batch, k]` (frozen, as in ORQA/REALM fine-tuning)."""
+        stored = torch.from_numpy(np.asarray(self.index.get_embeddings(block_ids)))
+        return relevance_scores(query_embeddings, stored.to(query_embeddings))
+
+
+@dataclass
+class RetrievedBlocks:
+    """What `RealmRetriever.retrieve` found: block_ids and scores `[batch, k]`, and the blocks when available."""
+
+    block_ids: np.ndarray
+    scores: np.ndarray
+    blocks: list | None = None
 
 
 def relevance_scores(query_embeddings: torch.Tensor, block_embeddings: torch.Tensor) -> torch.Tensor:

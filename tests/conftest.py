@@ -4,13 +4,16 @@ huggingface_hub reads its environment once at import, so the variables are set h
 and each test then points `huggingface_hub.constants.HF_HUB_CACHE` at a fresh folder of its own.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="realm-tests-hf-home-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
@@ -30,3 +33,6 @@ def hub_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+from tests.hub_server import fake_hub  # noqa: E402,F401  (the fake Hub fixture, for every test that asks for it)

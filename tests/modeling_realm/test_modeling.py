@@ -117,10 +117,11 @@ def test_retriever_searches_an_attached_index():
     with torch.no_grad():
         block_embeddings = model.embed_blocks(blocks).numpy()
     model.index = ExactIndex(block_embeddings)
-    block_ids, scores = model.retrieve(blocks[[4, 1]], k=3)
-    assert block_ids.shape == (2, 3) and scores.shape == (2, 3)
-    assert block_ids[:, 0].tolist() == [4, 1]  # a block is its own nearest neighbour
-    assert np.all(np.diff(scores, axis=1) <= 0)
+    found = model.retrieve(blocks[[4, 1]], k=3)
+    assert found.block_ids.shape == (2, 3) and found.scores.shape == (2, 3)
+    assert found.block_ids[:, 0].tolist() == [4, 1]  # a block is its own nearest neighbour
+    assert np.all(np.diff(found.scores, axis=1) <= 0)
+    assert found.blocks is None  # this hand-built index has no texts
 
 
 def test_retriever_index_errors():

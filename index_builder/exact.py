@@ -1,0 +1,35 @@
+"""Exact inner-product top-k over memory-mapped embeddings, chunk by chunk (the fallback and the test oracle)."""
+
+import numpy as np
+
+CHUNK_ROWS = 1 << 16
+
+
+def exact_top_k(queries: np.ndarray, embeddings, k: int, row_ids: np.ndarray | None = None):
+    """Top-k rows of `embeddings` (sliceable `[n, d]`) for each query `[b, d]`, best first.
+
+    Returns scores `[b, k]` float32 and ids `[b, k]` int64 (row numbers, or `row_ids[row]` when given).
+    Within the returned k, equal scores are ordered by row.
+    """
+    n = len(embeddings)
+    best_scores = np.full((queries.shape[0], 0), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((queries.shape[0], 0), dtype=np.int64)
+    for start in range(0, n, CHUNK_ROWS):
+        # [b, chunk]
+        scores = queries @ np.asarray(embeddings[start:start + CHUNK_ROWS], dtype=np.float32).T
+        rows = np.broadcast_to(np.arange(start, start + scores.shape[1], dtype=np.int64), scores.shape)
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_rows = np.concatenate([best_rows, rows], axis=1)
+        best_scores, best_rows = _keep_top(best_scores, best_rows, k)
+    ids = best_rows if row_ids is None else np.asarray(row_ids)[best_rows]
+    return best_scores.astype(np.float32), ids.astype(np.int64)
+
+
+def _keep_top(scores: np.ndarray, rows: np.ndarray, k: int):
+    if scores.shape[1] > k:
+        # [b, k] unordered best, in O(width)
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores, rows = np.take_along_axis(scores, part, axis=1), np.take_along_axis(rows, part, axis=1)
+    # score descending, then row ascending
+    order = np.lexsort((rows, -scores), axis=1)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)

@@ -1,0 +1,126 @@
+"""FAISS index construction and query-time settings (inner-product metric throughout).
+
+Factory strings are FAISS's own (`Flat`, `IVF{n},Flat`, `IVF{n},PQ{m}`, `HNSW32`, ...). Indices that do not carry
+ids themselves are wrapped in `IDMap2`, so every index stores block ids and supports `add`; IVF indices also
+support `remove`.
+"""
+
+import logging
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+SEARCH_PARAMS = ("nprobe", "efSearch", "ht", "k_factor")
+# Not a FAISS knob: retrieve rerank * k candidates and re-score them with the exact stored embeddings.
+RERANK = "rerank"
+ADD_CHUNK = 65536
+
+
+def full_factory(factory: str) -> str:
+    """The factory string actually built: IVF indices keep their own ids, others get an IDMap2 wrapper."""
+    if not isinstance(factory, str) or not factory.strip():
+        raise ValueError(f"factory must be a FAISS factory string such as 'Flat', 'IVF1024,PQ32' or 'HNSW32', "
+                         f"got {factory!r}.")
+    factory = factory.strip()
+    if factory.startswith(("IVF", "IDMap")):
+        return factory
+    return "IDMap2," + factory
+
+
+def new_index(dimension: int, factory: str):
+    try:
+        index = faiss.index_factory(dimension, full_factory(factory), faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise ValueError(f"FAISS cannot build factory {factory!r} for {dimension}-d vectors: "
+                         f"{str(error).splitlines()[-1]}") from error
+    ivf = faiss.try_extract_index_ivf(index)
+    inner = faiss.downcast_index(ivf) if ivf is not None else None
+    if inner is not None and hasattr(inner, "do_polysemous_training"):
+        # Polysemous codes only serve Hamming filtering (the `ht` knob) and quadruple PQ training time.
+        inner.do_polysemous_training = False
+    return index
+
+
+def train_if_needed(index, sample: np.ndarray):
+    """Train IVF/PQ quantizers on `sample` `[n, d]` float32 (no-op for Flat/HNSW)."""
+    if index.is_trained:
+        return
+    nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0) if _has_ivf(index) else 0
+    if nlist and sample.shape[0] < nlist:
+        raise ValueError(f"An IVF index with {nlist} lists needs at least {nlist} training vectors, got "
+                         f"{sample.shape[0]}; use fewer lists (e.g. IVF{max(1, sample.shape[0] // 39)}) or 'Flat'.")
+    logger.info("Training the FAISS quantizer on %d vectors", sample.shape[0])
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+
+
+def add_in_chunks(index, vectors, ids: np.ndarray, progress: bool = True):
+    """Add `vectors` (anything sliceable to `[n, d]` float32) with int64 `ids` in chunks, with a progress bar."""
+    total = len(ids)
+    bar = tqdm(total=total, desc="Adding blocks to the FAISS index", unit="block", disable=not progress or total < 2)
+    for start in range(0, total, ADD_CHUNK):
+        stop = min(start + ADD_CHUNK, total)
+        chunk = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
+        index.add_with_ids(chunk, np.ascontiguousarray(ids[start:stop], dtype=np.int64))
+        bar.update(stop - start)
+    bar.close()
+
+
+def set_search_params(index, params: dict):
+    """Apply query-time knobs such as `nprobe` (IVF) or `efSearch` (HNSW); unknown names are rejected."""
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        if name == RERANK:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"rerank must be a non-negative integer (0 = off), got {value!r}.")
+            continue
+        if name not in SEARCH_PARAMS:
+            raise ValueError(f"Unknown search parameter {name!r}; supported: {SEARCH_PARAMS + (RERANK,)}.")
+        try:
+            space.set_index_parameter(index, name, value)
+        except RuntimeError as error:
+            raise ValueError(f"Search parameter {name}={value} does not apply to this index "
+                             f"({type(index).__name__}); nprobe is for IVF indices, efSearch for HNSW.") from error
+
+
+def default_search_params(index, factory: str = "") -> dict:
+    """Query-time defaults better than FAISS's (nprobe=1, efSearch=16): nprobe=min(nlist, 32), efSearch=128,
+    and for product-quantised indices an exact re-scoring of the top 10 * k candidates (rerank=10)."""
+    if _has_ivf(index):
+        params = {"nprobe": min(ivf_nlist(index), 32)}
+        return {**params, RERANK: 10} if "PQ" in factory else params
+    if "HNSW" in type(faiss.downcast_index(getattr(index, "index", index))).__name__:
+        return {"efSearch": 128}
+    return {}
+
+
+def ivf_nlist(index) -> int:
+    """Number of inverted lists of an IVF index (0 for others)."""
+    return faiss.extract_index_ivf(index).nlist if _has_ivf(index) else 0
+
+
+def _has_ivf(index) -> bool:
+    return faiss.try_extract_index_ivf(index) is not None
+
+
+def remove_ids(index, ids: np.ndarray) -> int:
+    try:
+        return index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+    except RuntimeError as error:
+        raise ValueError(f"This FAISS index ({type(faiss.downcast_index(index)).__name__}) cannot remove vectors "
+                         "(HNSW graphs cannot); rebuild the index without those blocks, or use a Flat or IVF index.") \
+            from error
+
+
+def write(index, path):
+    faiss.write_index(index, str(path))
+
+
+def read(path):
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as error:
+        raise ValueError(f"{path} is not a readable FAISS index ({str(error).splitlines()[-1]}); the file is "
+                         "corrupted. Rebuild or re-download the index.") from error

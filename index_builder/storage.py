@@ -1,0 +1,89 @@
+"""Crash-safe files and directories: write to a temporary sibling, then rename into place.
+
+A reader therefore sees either the previous complete artefact or the new complete one, never a half-written one.
+Replacing a directory takes two renames (old out of the way, new in); if a process dies between them, the
+previous directory is left at `<name>.previous-<id>` and `recover_directory` puts it back.
+"""
+
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import xxhash
+
+logger = logging.getLogger(__name__)
+
+CHECKSUM_CHUNK = 8 << 20
+
+
+@contextlib.contextmanager
+def atomic_directory(target, overwrite: bool = False):
+    """Yield a temporary directory next to `target`; on success it replaces `target` (on error it is removed)."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap_into_place(staging, target)
+
+
+def _swap_into_place(staging: Path, target: Path):
+    previous = None
+    if target.exists():
+        previous = target.parent / f"{target.name}.previous-{uuid.uuid4().hex[:8]}"
+        os.replace(target, previous)
+    os.replace(staging, target)
+    _fsync_directory(target.parent)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def recover_directory(target) -> bool:
+    """If `target` is missing because a swap was interrupted, restore the previous copy. Returns True if restored."""
+    target = Path(target)
+    if target.exists() or not target.parent.exists():
+        return False
+    leftovers = sorted(target.parent.glob(f"{target.name}.previous-*"), key=lambda p: p.stat().st_mtime)
+    if not leftovers:
+        return False
+    os.replace(leftovers[-1], target)
+    logger.warning("%s was missing after an interrupted save; restored the previous copy from %s", target,
+                   leftovers[-1].name)
+    return True
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write `data` to `path` through a temporary file and a rename."""
+    path = Path(path)
+    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(staging, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+
+
+def file_checksum(path) -> str:
+    """xxh3-64 of a file's bytes, as hex (fast enough to verify multi-GB index files on load)."""
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHECKSUM_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_directory(directory: Path):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
