@@ -6,6 +6,7 @@ from transformers import initialization as init
 from .embedder import RealmEmbedder
 from .outputs import RealmForOpenQAOutput
 from .pretrained import RealmPreTrainedModel, check_rank
+from .qa import answer_batch, check_index
 from .reader import RealmReader, best_span, check_reader_length, span_losses
 
 
@@ -21,13 +22,66 @@ class RealmForOpenQA(RealmPreTrainedModel):
     its candidate blocks and the reader inputs `[CLS] question [SEP] block [SEP]` of those blocks.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, index=None, tokenizer=None):
         super().__init__(config)
         self.embedder = RealmEmbedder(config)
         self.reader = RealmReader(config)
         # Not zero-filled here: at full scale this is 6.8 GB and from_pretrained overwrites it anyway.
         self.register_buffer("block_emb", torch.empty(config.num_block_records, config.retriever_proj_size))
+        self.index = index
+        self.tokenizer = tokenizer
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, index=None, tokenizer=None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus the `index` to answer from (a `BlockIndex`) and the `tokenizer`
+        (default: the one saved with the model, loaded on the first `answer()`)."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) on request
+        model.index, model.tokenizer = index, tokenizer
+        return loaded
+
+    @property
+    def index(self):
+        """The `BlockIndex` that `answer()` retrieves from (None until one is attached)."""
+        return self._index
+
+    @index.setter
+    def index(self, index):
+        if index is not None:
+            check_index(index, self.config.retriever_proj_size)
+        self._index = index
+
+    def answer(self, questions, top_k: int = 1, batch_size: int = 8):
+        """Answer questions from the attached index.
+
+        Args:
+            questions: a string or a list of strings.
+            top_k: answers per question (best first).
+            batch_size: questions per forward pass (the answers do not depend on it).
+        Returns:
+            per question, a dict (top_k=1) or a list of dicts with `answer`, `score` (probability over all spans
+            of the read blocks), `start`/`end` (character offsets of the answer in `text`), and the evidence:
+            `block_id`, `doc_id`, `title`, `text`. A single string gives a single result instead of a list.
+        """
+        single = isinstance(questions, str)
+        questions = [questions] if single else list(questions)
+        if top_k < 1 or batch_size < 1:
+            raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}.")
+        check_index(self.index, self.config.retriever_proj_size)
+        tokenizer = self._answer_tokenizer()
+        results = []
+        for start in range(0, len(questions), batch_size):
+            results.extend(answer_batch(self, tokenizer, questions[start:start + batch_size], top_k))
+        results = [answers[0] if top_k == 1 and answers else answers for answers in results]
+        return results[0] if single else results
+
+    def _answer_tokenizer(self):
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+        return self.tokenizer
 
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -1,0 +1,91 @@
+"""Index-backed open-domain QA for `RealmForOpenQA`: questions -> retrieved blocks -> answer spans with evidence.
+
+The index is anything with `search(query_embeddings [batch, dim], k) -> (scores, block_ids)`, `get_blocks(ids)`
+(dicts with block_id, doc_id, title, text) and `get_embeddings(ids)`, such as `index_builder.BlockIndex`.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tokenization.reader_inputs import ReaderBatch, reader_inputs
+
+
+@dataclass
+class Retrieved:
+    """Blocks for a batch of questions: ids and scores `[batch, k]`, their stored embeddings `[batch, k, dim]`."""
+
+    block_ids: np.ndarray
+    scores: np.ndarray
+    embeddings: torch.Tensor
+    blocks: list[list[dict]]
+
+
+def check_index(index, dimension: int):
+    if index is None:
+        raise ValueError("This RealmForOpenQA has no index to retrieve from: pass one with "
+                         "RealmForOpenQA.from_pretrained(path, index=index) or set `model.index = index` (build it "
+                         "with BlockIndex.from_realm_checkpoint or realm-build-index).")
+    if getattr(index, "dimension", dimension) != dimension:
+        raise ValueError(f"The index holds {index.dimension}-d embeddings but this model's question embedder makes "
+                         f"{dimension}-d ones; use an index built for this model.")
+
+
+def tokenize_questions(tokenizer, questions: list[str], max_length: int, device):
+    if not questions or any(not isinstance(q, str) or not q.strip() for q in questions):
+        raise ValueError("Every question must be a non-empty string; got "
+                         f"{[q for q in questions if not isinstance(q, str) or not q.strip()][:3]!r}.")
+    encoding = tokenizer(questions, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {name: tensor.to(device) for name, tensor in encoding.items()
+            if name in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def retrieve(model, question_embeddings: torch.Tensor, k: int) -> Retrieved:
+    """Top-k blocks of the model's index for `[batch, dim]` question embeddings, with their stored embeddings."""
+    index = model.index
+    k = min(k, len(index))
+    scores, block_ids = index.search(question_embeddings.detach().float().cpu().numpy(), k)
+    # [batch, k, dim]
+    embeddings = torch.from_numpy(np.ascontiguousarray(index.get_embeddings(block_ids)))
+    return Retrieved(block_ids, scores, embeddings.to(question_embeddings), index.get_blocks(block_ids))
+
+
+@torch.no_grad()
+def answer_batch(model, tokenizer, questions: list[str], top_k: int) -> list[list[dict]]:
+    """Answers for a batch of questions: per question, the `top_k` best spans over its top reader_beam_size blocks."""
+    config = model.config
+    inputs = tokenize_questions(tokenizer, questions, config.searcher_seq_len, model.device)
+    # [batch, dim]
+    question_embeddings = model.embed_questions(**inputs)
+    found = retrieve(model, question_embeddings, config.reader_beam_size)
+    texts = [[block["text"] for block in row] for row in found.blocks]
+    batch = reader_inputs(tokenizer, questions, texts, config.reader_seq_len).to(model.device)
+    # [batch, rows]
+    relevance = torch.einsum("bd,bkd->bk", question_embeddings, found.embeddings)
+    # [batch, rows, num_spans]
+    logits, starts, ends = model._read(batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.block_mask,
+                                       relevance)
+    return [_top_spans(logits[b], starts, ends, batch, b, found.blocks[b], top_k) for b in range(len(questions))]
+
+
+def _top_spans(logits, starts, ends, batch: ReaderBatch, b: int, blocks: list[dict], top_k: int) -> list[dict]:
+    """The best `top_k` (block, span) pairs of one question from its logits `[rows, num_spans]`."""
+    rows, num_spans = logits.shape
+    # [rows * num_spans]
+    probabilities = logits.float().flatten().softmax(-1)
+    answers = []
+    for flat in probabilities.argsort(descending=True, stable=True).tolist():
+        row, span = divmod(flat, num_spans)
+        start, end = int(starts[span]), int(ends[span])
+        first, last = batch.offsets[b, row, start].tolist(), batch.offsets[b, row, end].tolist()
+        if first[0] < 0 or last[0] < 0:
+            break  # only masked-out spans are left
+        block = blocks[row]
+        answers.append({"answer": block["text"][first[0]:last[1]], "score": float(probabilities[flat]),
+                        "start": first[0], "end": last[1], "block_id": int(block["block_id"]),
+                        "doc_id": block["doc_id"], "title": block["title"], "text": block["text"],
+                        "token_start": start, "token_end": end, "block_rank": row})
+        if len(answers) == top_k:
+            break
+    return answers
