@@ -12,12 +12,14 @@ from .outputs import (
     RealmRetrieverOutput,
     RealmScorerOutput,
 )
+from .pipeline import OpenDomainQAPipeline, register_pipeline
 from .pretrained import RealmPreTrainedModel
 from .reader import RealmReader
 from .retriever import RealmRetriever
 from .scorer import RealmScorer
 
 register_auto_classes()
+register_pipeline()
 
 __all__ = [
     "RealmConfig",
@@ -25,6 +27,7 @@ __all__ = [
     "RealmEmbedderOutput",
     "RealmForOpenQA",
     "RealmForOpenQAOutput",
+    "OpenDomainQAPipeline",
     "RealmKnowledgeAugEncoder",
     "RealmPreTrainedModel",
     "RealmReader",

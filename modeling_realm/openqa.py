@@ -6,7 +6,7 @@ from transformers import initialization as init
 from .embedder import RealmEmbedder
 from .outputs import RealmForOpenQAOutput
 from .pretrained import RealmPreTrainedModel, check_rank
-from .qa import answer_batch, check_index
+from .qa import answer_questions, check_index
 from .reader import RealmReader, best_span, check_reader_length, span_losses
 
 
@@ -65,14 +65,8 @@ class RealmForOpenQA(RealmPreTrainedModel):
             `block_id`, `doc_id`, `title`, `text`. A single string gives a single result instead of a list.
         """
         single = isinstance(questions, str)
-        questions = [questions] if single else list(questions)
-        if top_k < 1 or batch_size < 1:
-            raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}.")
-        check_index(self.index, self.config.retriever_proj_size)
-        tokenizer = self._answer_tokenizer()
-        results = []
-        for start in range(0, len(questions), batch_size):
-            results.extend(answer_batch(self, tokenizer, questions[start:start + batch_size], top_k))
+        results = answer_questions(self, self._answer_tokenizer(), [questions] if single else list(questions),
+                                   top_k=top_k, batch_size=batch_size)
         results = [answers[0] if top_k == 1 and answers else answers for answers in results]
         return results[0] if single else results
 

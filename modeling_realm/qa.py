@@ -51,6 +51,42 @@ def retrieve(model, question_embeddings: torch.Tensor, k: int) -> Retrieved:
     return Retrieved(block_ids, scores, embeddings.to(question_embeddings), index.get_blocks(block_ids))
 
 
+def answer_questions(model, tokenizer, questions: list[str], top_k: int = 1, batch_size: int = 8) -> list[list[dict]]:
+    """Per question, its `top_k` answers from the model's index, `batch_size` questions per forward pass."""
+    if top_k < 1 or batch_size < 1:
+        raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}.")
+    check_index(model.index, model.config.retriever_proj_size)
+    results = []
+    for start in range(0, len(questions), batch_size):
+        results.extend(answer_batch(model, tokenizer, questions[start:start + batch_size], top_k))
+    return results
+
+
+@torch.no_grad()
+def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) -> list[dict]:
+    """Answer `question` from a given passage, without retrieval: the reader scores spans over windows of the
+    passage (`reader_seq_len` tokens, overlapping by a quarter) with zero retrieval score."""
+    if not isinstance(context, str) or not context.strip():
+        raise ValueError("context must be a non-empty string (or leave it out to retrieve from the index).")
+    tokenize_questions(tokenizer, [question], model.config.searcher_seq_len, model.device)  # validates question
+    length = model.config.reader_seq_len
+    encoding = tokenizer(question, context, truncation="only_second", max_length=length, stride=length // 4,
+                         return_overflowing_tokens=True, return_offsets_mapping=True, padding=True,
+                         return_special_tokens_mask=True, return_tensors="pt")
+    # [windows, seq]
+    block_mask = ~encoding["special_tokens_mask"].bool() & encoding["token_type_ids"].bool()
+    offsets = torch.where(block_mask.unsqueeze(-1), encoding["offset_mapping"],
+                          torch.full_like(encoding["offset_mapping"], -1))
+    batch = ReaderBatch(encoding["input_ids"][None], encoding["attention_mask"][None],
+                        encoding["token_type_ids"][None], block_mask[None], offsets[None]).to(model.device)
+    windows = batch.input_ids.shape[1]
+    # [1, windows, num_spans]
+    logits, starts, ends = model._read(batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.block_mask,
+                                       torch.zeros(1, windows, device=model.device))
+    passage = {"block_id": None, "doc_id": None, "title": "", "text": context}
+    return _top_spans(logits[0], starts, ends, batch, 0, [passage] * windows, top_k)
+
+
 @torch.no_grad()
 def answer_batch(model, tokenizer, questions: list[str], top_k: int) -> list[list[dict]]:
     """Answers for a batch of questions: per question, the `top_k` best spans over its top reader_beam_size blocks."""
@@ -83,9 +119,13 @@ def _top_spans(logits, starts, ends, batch: ReaderBatch, b: int, blocks: list[di
             break  # only masked-out spans are left
         block = blocks[row]
         answers.append({"answer": block["text"][first[0]:last[1]], "score": float(probabilities[flat]),
-                        "start": first[0], "end": last[1], "block_id": int(block["block_id"]),
+                        "start": first[0], "end": last[1], "block_id": _maybe_int(block["block_id"]),
                         "doc_id": block["doc_id"], "title": block["title"], "text": block["text"],
                         "token_start": start, "token_end": end, "block_rank": row})
         if len(answers) == top_k:
             break
     return answers
+
+
+def _maybe_int(value):
+    return None if value is None else int(value)

@@ -80,3 +80,34 @@ def test_reader_inputs_and_answer_spans_match_4x():
         has, starts, ends = answer_token_spans(batch.input_ids[0], batch.block_mask[0], answer_ids)
         assert has.tolist() == inputs["has_answers"].tolist()
         assert torch.equal(starts, inputs["start_positions"]) and torch.equal(ends, inputs["end_positions"])
+
+
+def test_pipeline_answers_equal_answer():
+    from transformers import pipeline
+
+    model, tokenizer, cases = fixture_model("google")
+    index = model.index
+    qa = pipeline("open-domain-qa", model=model, tokenizer=tokenizer, index=index)
+    questions = [case["question"] for case in cases["questions"]]
+    assert qa(question=questions[0]) == model.answer(questions[0])
+    assert qa(questions, top_k=2, batch_size=2) == model.answer(questions, top_k=2, batch_size=2)
+    single = qa(question=questions[1], top_k=1)
+    assert {"score", "answer", "start", "end", "block_id", "title", "text"} <= set(single)
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        qa(question=questions[0], nonsense=1)
+
+
+def test_pipeline_reads_a_given_context_without_retrieval():
+    from transformers import pipeline
+
+    model, tokenizer, _ = fixture_model("tiny")
+    model.index = None  # retrieval would fail: the context must be read directly
+    qa = pipeline("open-domain-qa", model=model, tokenizer=tokenizer)
+    context = "paris is the capital of france. " * 12 + "alan turing was a british mathematician."
+    answers = qa(question="who was a british mathematician?", context=context, top_k=3)
+    assert len(answers) == 3 and answers[0]["block_id"] is None
+    for answer in answers:
+        assert context[answer["start"]:answer["end"]] == answer["answer"] and answer["answer"]
+    assert answers[0]["score"] >= answers[1]["score"] >= answers[2]["score"]
+    with pytest.raises(ValueError, match="2 contexts for 1 questions"):
+        qa(question=["who?"], context=["a", "b"])
