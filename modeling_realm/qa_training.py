@@ -6,10 +6,9 @@ through the relevance scores `question . block`, recomputed in torch from the st
 expression answers (CuratedTREC), when the pattern matches its text.
 """
 
-import re
-
 import torch
 
+from tokenization.answers import compile_answer_pattern
 from tokenization.reader_inputs import answer_token_spans, char_span_to_tokens, reader_inputs
 
 from .qa import check_index, retrieve, tokenize_questions
@@ -70,7 +69,7 @@ def _gold_spans(tokenizer, batch, b: int, answers: list[str], match: str, texts:
 def _token_spans_of(text: str, offsets, patterns: list[str]) -> list[tuple[int, int]]:
     spans = []
     for pattern in patterns:
-        for hit in compile_answer(pattern).finditer(text):
+        for hit in compile_answer_pattern(pattern).finditer(text):
             tokens = char_span_to_tokens(offsets, hit.start(), hit.end()) if hit.end() > hit.start() else None
             if tokens is not None:
                 spans.append(tokens)
@@ -90,7 +89,7 @@ def _as_span_tensors(found: list[list[tuple[int, int]]]):
 def _blocks_with_answer(tokenizer, texts: list[str], answers: list[str], match: str) -> torch.Tensor:
     """`[k]` bool: does each whole block text hold an answer."""
     if match == "regex":
-        return torch.tensor([any(compile_answer(p).search(text) for p in answers) for text in texts])
+        return torch.tensor([any(compile_answer_pattern(p).search(text) for p in answers) for text in texts])
     block_ids = tokenizer(texts, add_special_tokens=False).input_ids
     answer_ids = [ids for ids in tokenizer(list(answers), add_special_tokens=False).input_ids if ids]
     return torch.tensor([any(_contains(ids, answer) for answer in answer_ids) for ids in block_ids])
@@ -106,10 +105,3 @@ def _pad_matches(tensors: list[torch.Tensor]) -> torch.Tensor:
     width = max([t.shape[-1] for t in tensors] + [1])
     return torch.stack([torch.nn.functional.pad(t, (0, width - t.shape[-1]), value=-1) for t in tensors])
 
-
-def compile_answer(pattern: str) -> re.Pattern:
-    try:
-        return re.compile(pattern, flags=re.IGNORECASE | re.UNICODE)
-    except re.error as error:
-        raise ValueError(f"Answer pattern {pattern!r} is not a valid regular expression ({error}); fix it in the QA "
-                         "file or use match='string'.") from error

@@ -54,5 +54,5 @@ def test_training_batch_errors():
     model, tokenizer, _ = fixture_model("tiny")
     with pytest.raises(ValueError, match="non-empty list of answers"):
         training_batch(model, tokenizer, ["who?"], [[]])
-    with pytest.raises(ValueError, match="not a valid regular expression"):
+    with pytest.raises(ValueError, match="Invalid answer regular expression"):
         training_batch(model, tokenizer, ["who?"], [["(unclosed"]], match="regex")
