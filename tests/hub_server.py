@@ -244,6 +244,7 @@ ROUTES: list[tuple[str, re.Pattern, str]] = [
     (method, re.compile(pattern), name)
     for method, pattern, name in [
         ("GET", r"/api/whoami-v2", "whoami"),
+        ("GET", r"/api/agent-harnesses", "agent_harnesses"),
         ("POST", r"/api/validate-yaml", "validate_yaml"),
         ("POST", r"/api/repos/create", "create_repo"),
         ("DELETE", r"/api/repos/delete", "delete_repo"),
@@ -395,6 +396,10 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         return self.server.base_url
 
     # ------------------------------------------------------------------------------------------- account
+
+    def _agent_harnesses(self) -> None:
+        """huggingface_hub asks once per process which agent harnesses the Hub knows; none here."""
+        self._send_json([])
 
     def _whoami(self) -> None:
         self._require_token()
@@ -726,6 +731,9 @@ def _redirect_libraries(monkeypatch: pytest.MonkeyPatch, hub: FakeHub) -> None:
         monkeypatch.setattr(datasets_config, "HUB_DATASETS_URL", datasets_url)
         monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(datasets_config, "HF_DATASETS_OFFLINE", False)
+        # datasets would also report downloads to S3 and ask the dataset viewer: hosts the fake Hub is not.
+        monkeypatch.setattr(datasets_config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+        monkeypatch.setattr(datasets_config, "USE_PARQUET_EXPORT", False)
 
 
 def _redirect_environment(monkeypatch: pytest.MonkeyPatch, hub: FakeHub) -> None:
