@@ -9,6 +9,7 @@ from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertModel
 
 from .configuration import RealmConfig
+from .sharing import push_model, save_for_sharing
 
 # Ties inside every `cls.predictions` head, as in 4.x (`decoder.bias` is the head's `bias`).
 PREDICTION_BIAS_TIE = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
@@ -34,6 +35,24 @@ class RealmPreTrainedModel(PreTrainedModel):
 
     def _resolve_return_dict(self, return_dict):
         return return_dict if return_dict is not None else self.config.return_dict
+
+    def save_pretrained(self, save_directory, *args, tokenizer=None, model_card: bool = True, **kwargs):
+        """transformers' `save_pretrained` (model.safetensors, config.json), plus what sharing needs.
+
+        Also writes `tokenizer`'s files when one is given, the model's code files with an `auto_map` in config.json
+        (so `AutoModel.from_pretrained(path, trust_remote_code=True)` loads it without realm-hf), and a README.md
+        model card unless `model_card=False`. `repo_id` names the model in the card (default: `save_directory`);
+        `push_to_hub=True` pushes the folder as transformers does.
+        """
+        save_for_sharing(self, super().save_pretrained, save_directory, *args, tokenizer=tokenizer,
+                         write_card=model_card, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, tokenizer=None, model_card: bool = True, **kwargs):
+        """Upload the model (and `tokenizer`), its code and a model card to the Hub repository `repo_id`, in one
+        commit. Keyword arguments are transformers' (`commit_message`, `private`, `token`, `revision`, `create_pr`,
+        `max_shard_size`, `tags`, ...). With `model_card=False` the repository's README.md is left as it is.
+        Returns huggingface_hub's `CommitInfo`."""
+        return push_model(self, repo_id, tokenizer=tokenizer, write_card=model_card, **kwargs)
 
 
 def build_backbone(config: RealmConfig) -> BertModel:
