@@ -1,0 +1,396 @@
+"""Fine-tune `RealmForOpenQA` for open-domain QA (the ORQA/REALM recipe) with accelerate.
+
+    accelerate launch examples/finetune_openqa.py --model DIR_OR_ID --index INDEX_DIR \\
+        --train-file train.jsonl --dev-file dev.jsonl --output-dir out
+
+Also runs as `python examples/finetune_openqa.py ...` (one process) or under `torchrun` (several CPU processes need
+`--cpu`). `--model` is a RealmForOpenQA directory or Hub id (e.g. google/realm-orqa-nq-openqa); `--index` a BlockIndex
+directory or Hub dataset id (`BlockIndex.from_pretrained`) built with that model's block embedder; for google's
+open-QA checkpoints make it once with `BlockIndex.from_realm_checkpoint(id, allow_pickle=True).save_to_disk(dir)`.
+The index is frozen and shared: it is not part of the model, every process loads it (memory-mapped), and it only
+picks the blocks; the retriever loss reaches the question tower through scores recomputed from the stored block
+embeddings.
+
+QA data is NQ-open jsonl (`{"question": ..., "answer": [...]}` per line; DrQA's WebQuestions/CuratedTREC .txt files
+too) or a `Dataset.save_to_disk` directory; `--match regex` treats answers as regular expressions (CuratedTREC). Each
+step retrieves `--num-blocks` blocks per question (default config.searcher_beam_size) for the retriever loss and reads
+the first config.reader_beam_size of them. After every epoch the dev set is answered with `model.answer` (split over
+the processes) and scored by exact match; the best model so far is saved to OUTPUT_DIR/best (save_pretrained +
+tokenizer + metrics.json).
+
+`--checkpointing-steps N|epoch` writes `accelerator.save_state` directories OUTPUT_DIR/step_N (accelerate's format:
+model in safetensors, optimizer/scheduler/RNG states with torch.save) through a temporary directory renamed into
+place; `--resume-from-checkpoint PATH|latest` reloads one and skips the batches of the epoch already trained on.
+OUTPUT_DIR/final holds the last weights, OUTPUT_DIR/metrics.json the per-epoch training loss and dev scores.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import gather_object, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from index_builder import BlockIndex
+from index_builder.storage import atomic_directory, atomic_write_bytes
+from modeling_realm import RealmForOpenQA
+from modeling_realm.qa_training import training_batch
+from tokenization import RealmTokenizerFast
+from tokenization.qa_metrics import evaluate_predictions
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling helper module, also when imported
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from openqa_data import collate, load_qa  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+CHECKPOINT = re.compile(r"^step_(\d+)$")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("model and data")
+    data.add_argument("--model", required=True, help="RealmForOpenQA directory or Hub id")
+    data.add_argument("--index", required=True, help="BlockIndex directory or Hub dataset id")
+    data.add_argument("--tokenizer", default=None, help="tokenizer directory or Hub id (default: --model)")
+    data.add_argument("--train-file", required=True, help="training questions: jsonl or saved datasets directory")
+    data.add_argument("--dev-file", default=None, help="dev questions scored after every epoch (default: none)")
+    data.add_argument("--question-field", default="question")
+    data.add_argument("--answer-field", default="answer")
+    data.add_argument("--match", choices=["string", "regex"], default="string",
+                      help="answers are strings (exact match) or regular expressions (CuratedTREC)")
+    data.add_argument("--max-train-samples", type=int, default=None)
+    data.add_argument("--max-eval-samples", type=int, default=None)
+    train = parser.add_argument_group("training")
+    train.add_argument("--output-dir", required=True)
+    train.add_argument("--num-blocks", type=int, default=None,
+                       help="blocks retrieved per question for the retriever loss (default config.searcher_beam_size)")
+    train.add_argument("--per-device-train-batch-size", type=int, default=4)
+    train.add_argument("--per-device-eval-batch-size", type=int, default=8)
+    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    train.add_argument("--learning-rate", type=float, default=1e-5)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    train.add_argument("--num-train-epochs", type=int, default=2)
+    train.add_argument("--max-train-steps", type=int, default=None, help="optimizer steps; overrides the epochs")
+    train.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup over this share of steps")
+    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                       help="default: accelerate config / launch flag")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--cpu", action="store_true",
+                       help="train on CPU even with an accelerator (needed for several CPU processes under torchrun)")
+    run = parser.add_argument_group("checkpoints and logging")
+    run.add_argument("--checkpointing-steps", default=None, help="save state every N optimizer steps, or 'epoch'")
+    run.add_argument("--resume-from-checkpoint", default=None, help="a step_N directory, or 'latest' in output-dir")
+    run.add_argument("--logging-steps", type=int, default=10)
+    run.add_argument("--report-to", default="none", help="tracker for accelerator.init_trackers: "
+                     "tensorboard, wandb, all, ... (default none)")
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser, args):
+    positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "num_train_epochs", "logging_steps")
+    for name in positive + ("max_train_steps", "num_blocks", "max_train_samples", "max_eval_samples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    if not 0 <= args.warmup_ratio < 1:
+        parser.error(f"--warmup-ratio must lie in [0, 1), got {args.warmup_ratio}.")
+    steps = args.checkpointing_steps
+    if steps is not None and steps != "epoch" and not (steps.isdigit() and int(steps) > 0):
+        parser.error(f"--checkpointing-steps must be a positive integer or 'epoch', got {steps!r}.")
+
+
+# ------------------------------------------------------------------------------------------------------ setup
+def make_accelerator(args) -> Accelerator:
+    # The index holds the block embeddings, so block_emb (a buffer) never changes: no need to broadcast buffers.
+    # The embedder and reader keep google's unused MLM heads (and the reader its pooler): find_unused_parameters.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu,
+                              mixed_precision=args.mixed_precision, project_dir=args.output_dir,
+                              log_with=None if args.report_to == "none" else args.report_to, kwargs_handlers=[ddp],
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and accelerator.num_processes == 1:
+        raise ValueError(f"Launched as {world_size} processes but accelerate set up a single-process run (so each "
+                         "process would train alone); on CPU pass --cpu (or `accelerate launch --cpu`).")
+    if args.report_to != "none" and not accelerator.log_with:
+        raise ValueError(f"--report-to {args.report_to}: no such tracker is installed; install it (e.g. pip install "
+                         "tensorboard) or pass --report-to none.")
+    return accelerator
+
+
+def load_model(args, accelerator):
+    """(model with the index attached, tokenizer); the main process downloads first when ids are Hub ids."""
+    with accelerator.main_process_first():
+        index = BlockIndex.from_pretrained(args.index)
+        tokenizer = RealmTokenizerFast.from_pretrained(args.tokenizer or args.model)
+        model = RealmForOpenQA.from_pretrained(args.model, index=index, tokenizer=tokenizer)
+    logger.info("Model %s, index %r", args.model, index)
+    return model, tokenizer
+
+
+def make_optimizer(model, args):
+    """AdamW; biases and normalisation weights (1-d parameters) get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def plan_steps(args, num_examples: int, num_processes: int) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total optimizer steps, epochs), as the prepared dataloader will run."""
+    batches = math.ceil(num_examples / (args.per_device_train_batch_size * num_processes))
+    per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    total = args.max_train_steps or per_epoch * args.num_train_epochs
+    return per_epoch, total, math.ceil(total / per_epoch)
+
+
+# ------------------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_to_resume(output_dir: Path, resume: str) -> Path:
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / STATE_FILE).is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint of this script (no {STATE_FILE}); pass a step_N "
+                                    f"directory written with --checkpointing-steps, or 'latest'.")
+        return path
+    found = [p for p in output_dir.glob("step_*") if CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
+    if not found:
+        raise FileNotFoundError(f"--resume-from-checkpoint latest: no step_N checkpoint in {output_dir}; train with "
+                                "--checkpointing-steps first or leave the flag out.")
+    return max(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def save_checkpoint(run):
+    """`save_state` into a temporary directory, then rename it to output_dir/step_N (all processes take part)."""
+    accelerator, output_dir = run.accelerator, Path(run.args.output_dir)
+    state = {**run.state, "epoch_loss": epoch_loss(run)}
+    final = output_dir / f"step_{state['completed_steps']}"
+    staging = output_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(staging / STATE_FILE, state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        logger.info("Saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+
+
+def save_model(run, directory: Path, metrics: dict):
+    """save_pretrained of the unwrapped model + tokenizer (+ metrics.json) to `directory`, atomically."""
+    if run.accelerator.is_main_process:
+        with atomic_directory(directory, overwrite=True) as staging:
+            run.accelerator.unwrap_model(run.model).save_pretrained(staging)
+            run.tokenizer.save_pretrained(staging)
+            write_json(staging / "metrics.json", metrics)
+    run.accelerator.wait_for_everyone()
+
+
+def write_json(path: Path, value):
+    atomic_write_bytes(path, json.dumps(value, indent=2).encode())
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+def evaluate(accelerator, model, examples: list[dict], args) -> dict:
+    """Exact match (and F1) of `model.answer` on `examples`, in %; each process answers a slice of them."""
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    size = args.per_device_eval_batch_size
+    with accelerator.split_between_processes(examples) as shard:
+        predictions = []
+        for start in tqdm(range(0, len(shard), size), desc="dev", disable=not accelerator.is_local_main_process):
+            questions = [e["question"] for e in shard[start:start + size]]
+            with accelerator.autocast():
+                answers = unwrapped.answer(questions, top_k=1, batch_size=size)
+            predictions.extend(answer["answer"] if answer else "" for answer in answers)
+    predictions = gather_object(predictions)
+    unwrapped.train()
+    scores = evaluate_predictions(predictions, [e["answers"] for e in examples], match=args.match)
+    return {f"dev_{name}": value for name, value in scores.items() if name != "count"}
+
+
+# ------------------------------------------------------------------------------------------------------ training
+@dataclass
+class Run:
+    """What the training loop works on. `state` is JSON (saved with every checkpoint); `tally` is this process's
+    [sum of batch losses, batches] for the current epoch."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: DataLoader
+    dev: list[dict]
+    total_steps: int
+    state: dict = field(default_factory=lambda: {"completed_steps": 0, "epoch": 0, "batches_done": 0, "best": None,
+                                                 "history": []})
+    tally: torch.Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
+    progress: object = None
+
+
+def train_epoch(run: Run, batches):
+    """Train on `batches` (the epoch's loader, less the batches a resumed checkpoint had done)."""
+    accelerator, model, args, state = run.accelerator, run.model, run.args, run.state
+    unwrapped = accelerator.unwrap_model(model)
+    recent = []
+    for batch in batches:
+        with accelerator.accumulate(model):
+            # Retrieval (no grad) with the plain model; the loss through the wrapped (e.g. DDP) model.
+            inputs = training_batch(unwrapped, run.tokenizer, batch["questions"], batch["answers"], match=args.match,
+                                    num_blocks=args.num_blocks)
+            loss = model(**inputs).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad()
+        recent.append(loss.item())
+        run.tally += torch.tensor([recent[-1], 1.0], dtype=torch.float64)
+        state["batches_done"] += 1
+        if accelerator.sync_gradients:
+            state["completed_steps"] += 1
+            run.progress.update(1)
+            after_step(run, recent)
+            if state["completed_steps"] >= run.total_steps:
+                break
+
+
+def batches_left(run: Run):
+    """The loader without the batches of this epoch that a resumed checkpoint already trained on."""
+    done = run.state["batches_done"]
+    if done == 0:
+        return run.loader
+    return [] if done >= len(run.loader) else run.accelerator.skip_first_batches(run.loader, done)
+
+
+def after_step(run: Run, recent: list[float]):
+    args, steps = run.args, run.state["completed_steps"]
+    if steps % args.logging_steps == 0:
+        window = recent[-args.logging_steps * args.gradient_accumulation_steps:]
+        loss = sum(window) / len(window)
+        run.progress.set_postfix(loss=f"{loss:.4f}")
+        run.accelerator.log({"train/loss": loss, "train/learning_rate": run.scheduler.get_last_lr()[0]}, step=steps)
+    if args.checkpointing_steps not in (None, "epoch") and steps % int(args.checkpointing_steps) == 0:
+        save_checkpoint(run)
+
+
+def epoch_loss(run: Run) -> list[float]:
+    """[sum of losses, batches] of the epoch so far, over all processes (a collective call)."""
+    return run.accelerator.reduce(run.tally.to(run.accelerator.device), reduction="sum").tolist()
+
+
+def end_epoch(run: Run):
+    """Score the dev set, keep the best model, record the epoch."""
+    state, args = run.state, run.args
+    total, batches = epoch_loss(run)
+    record = {"epoch": state["epoch"], "step": state["completed_steps"],
+              "train_loss": total / batches if batches else None}
+    if run.dev:
+        record.update(evaluate(run.accelerator, run.model, run.dev, args))
+        if state["best"] is None or record["dev_exact_match"] > state["best"]["dev_exact_match"]:
+            state["best"] = record
+            save_model(run, Path(args.output_dir) / "best", record)
+    logger.info("Epoch %d: %s", state["epoch"], record)
+    run.accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, step=state["completed_steps"])
+    state["history"].append(record)
+    state["epoch"], state["batches_done"] = state["epoch"] + 1, 0
+    run.tally.zero_()
+
+
+def resume(run: Run, checkpoint: Path):
+    """Reload the accelerator state and the loop's position; the epoch's loss so far goes to the main process."""
+    run.accelerator.load_state(str(checkpoint))
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    loss = state.pop("epoch_loss", [0.0, 0.0])
+    if run.accelerator.is_main_process:
+        run.tally = torch.tensor(loss, dtype=torch.float64)
+    run.state = state
+    logger.info("Resumed from %s: epoch %d, batch %d, step %d", checkpoint, state["epoch"], state["batches_done"],
+                state["completed_steps"])
+
+
+def setup(args) -> Run:
+    accelerator = make_accelerator(args)
+    if not accelerator.is_local_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    set_seed(args.seed)
+    train = load_qa(args.train_file, args.question_field, args.answer_field, args.match)[:args.max_train_samples]
+    dev = load_qa(args.dev_file, args.question_field, args.answer_field, args.match)[:args.max_eval_samples] \
+        if args.dev_file else []
+    model, tokenizer = load_model(args, accelerator)
+    model.train()
+    per_epoch, total_steps, epochs = plan_steps(args, len(train), accelerator.num_processes)
+    optimizer = make_optimizer(model, args)
+    # A prepared scheduler steps once per process per optimizer step, hence the factor.
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(args.warmup_ratio * total_steps) * accelerator.num_processes,
+        total_steps * accelerator.num_processes)
+    loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate)
+    with warnings.catch_warnings():  # broadcast_buffers=False is deprecated in torch, but is the flag that also
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)  # skips the init sync
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    logger.info("%d training questions, %d dev questions; %d epochs of %d optimizer steps (%d in all), %d processes",
+                len(train), len(dev), epochs, per_epoch, total_steps, accelerator.num_processes)
+    return Run(args, accelerator, model, tokenizer, optimizer, scheduler, loader, dev, total_steps)
+
+
+def main(argv=None) -> dict:
+    """Run the fine-tuning; returns the metrics also written to OUTPUT_DIR/metrics.json."""
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    output_dir = Path(args.output_dir)
+    checkpoint = checkpoint_to_resume(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    run = setup(args)
+    run.accelerator.init_trackers("finetune_openqa", config={k: v for k, v in vars(args).items()
+                                                            if isinstance(v, (int, float, str, bool))})
+    if checkpoint is not None:
+        resume(run, checkpoint)
+    state = run.state
+    run.progress = tqdm(total=run.total_steps, initial=state["completed_steps"], desc="train",
+                        disable=not run.accelerator.is_local_main_process)
+    while state["completed_steps"] < run.total_steps:
+        run.loader.set_epoch(state["epoch"])  # the shuffle depends on (seed, epoch) only: a resumed run sees the same
+        train_epoch(run, batches_left(run))
+        end_epoch(run)
+        if args.checkpointing_steps == "epoch":
+            save_checkpoint(run)
+    run.progress.close()
+    metrics = {"completed_steps": state["completed_steps"], "best": state["best"], "history": state["history"]}
+    save_model(run, output_dir / "final", metrics)
+    if run.accelerator.is_main_process:
+        write_json(output_dir / "metrics.json", metrics)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()  # also ends the process group
+    best = state["best"]
+    run.accelerator.print(f"trained {state['completed_steps']} steps; " + (
+        f"best dev exact match {best['dev_exact_match']:.2f} (epoch {best['epoch']}) in {output_dir / 'best'}"
+        if best else f"no dev file; final model in {output_dir / 'final'}"))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
