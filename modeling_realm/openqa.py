@@ -6,7 +6,7 @@ from transformers import initialization as init
 from .embedder import RealmEmbedder
 from .outputs import RealmForOpenQAOutput
 from .pretrained import RealmPreTrainedModel, check_rank
-from .qa import answer_questions, check_index
+from .qa import IndexSlot, answer_questions
 from .reader import RealmReader, best_span, check_reader_length, span_losses
 
 
@@ -41,16 +41,7 @@ class RealmForOpenQA(RealmPreTrainedModel):
         model.index, model.tokenizer = index, tokenizer
         return loaded
 
-    @property
-    def index(self):
-        """The `BlockIndex` that `answer()` retrieves from (None until one is attached)."""
-        return self._index
-
-    @index.setter
-    def index(self, index):
-        if index is not None:
-            check_index(index, self.config.retriever_proj_size)
-        self._index = index
+    index = IndexSlot()  # the BlockIndex that answer() retrieves from (None until one is attached)
 
     def answer(self, questions, top_k: int = 1, batch_size: int = 8):
         """Answer questions from the attached index.

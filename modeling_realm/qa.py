@@ -22,14 +22,31 @@ class Retrieved:
     blocks: list[list[dict]]
 
 
+class IndexSlot:
+    """The `index` attribute of a model: checked against the model when set (a BlockIndex checks the dimension
+    and warns when its block-tower fingerprint differs; any other index must at least match the dimension)."""
+
+    def __get__(self, model, owner=None):
+        return self if model is None else model.__dict__.get("_attached_index")
+
+    def __set__(self, model, index):
+        if index is not None:
+            check = getattr(index, "check_compatible", None)
+            if check is not None:
+                check(model)
+            else:
+                check_index(index, model.config.retriever_proj_size)
+        model.__dict__["_attached_index"] = index
+
+
 def check_index(index, dimension: int):
     if index is None:
         raise ValueError("This RealmForOpenQA has no index to retrieve from: pass one with "
                          "RealmForOpenQA.from_pretrained(path, index=index) or set `model.index = index` (build it "
                          "with BlockIndex.from_realm_checkpoint or realm-build-index).")
     if getattr(index, "dimension", dimension) != dimension:
-        raise ValueError(f"The index holds {index.dimension}-d embeddings but this model's question embedder makes "
-                         f"{dimension}-d ones; use an index built for this model.")
+        raise ValueError(f"The index holds {index.dimension}-d embeddings but this model produces {dimension}-d ones "
+                         "(config.retriever_proj_size); use an index built with this model's block embedder.")
 
 
 def tokenize_questions(tokenizer, questions: list[str], max_length: int, device):

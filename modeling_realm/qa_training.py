@@ -9,7 +9,7 @@ expression answers (CuratedTREC), when the pattern matches its text.
 import torch
 
 from tokenization.answers import compile_answer_pattern
-from tokenization.reader_inputs import answer_token_spans, char_span_to_tokens, reader_inputs
+from tokenization.reader_inputs import answer_token_spans, char_span_to_tokens, reader_inputs, span_tensors
 
 from .qa import check_index, retrieve, tokenize_questions
 
@@ -63,7 +63,7 @@ def _gold_spans(tokenizer, batch, b: int, answers: list[str], match: str, texts:
         offsets = batch.offsets[b, row]
         visible = text[:max(int(offsets[:, 1].max()), 0)]  # the part of the block that survived truncation
         found.append(_token_spans_of(visible, offsets, answers))
-    return _as_span_tensors(found)
+    return span_tensors(found)
 
 
 def _token_spans_of(text: str, offsets, patterns: list[str]) -> list[tuple[int, int]]:
@@ -74,16 +74,6 @@ def _token_spans_of(text: str, offsets, patterns: list[str]) -> list[tuple[int, 
             if tokens is not None:
                 spans.append(tokens)
     return spans
-
-
-def _as_span_tensors(found: list[list[tuple[int, int]]]):
-    width = max([len(spans) for spans in found], default=0)
-    starts = torch.full((len(found), width), -1, dtype=torch.long)
-    ends = torch.full((len(found), width), -1, dtype=torch.long)
-    for row, spans in enumerate(found):
-        for j, (start, end) in enumerate(spans):
-            starts[row, j], ends[row, j] = start, end
-    return torch.tensor([bool(spans) for spans in found]), starts, ends
 
 
 def _blocks_with_answer(tokenizer, texts: list[str], answers: list[str], match: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from .outputs import RealmRetrieverOutput
+from .qa import IndexSlot
 from .towers import RealmTwoTowerModel
 
 
@@ -32,28 +33,10 @@ class RealmRetriever(RealmTwoTowerModel):
     def __init__(self, config, query_embedder=None, index=None):
         super().__init__(config)
         self._build_towers(config, query_embedder)
-        self._index = None
         self.index = index
         self.post_init()
 
-    @property
-    def index(self):
-        """The attached block index (None until one is attached)."""
-        return self._index
-
-    @index.setter
-    def index(self, index):
-        if index is not None:
-            check = getattr(index, "check_compatible", None)
-            if check is not None:
-                check(self)  # dimension must match; different block-tower weights warn
-            elif getattr(index, "dimension", self.config.retriever_proj_size) != self.config.retriever_proj_size:
-                raise ValueError(
-                    f"The index holds {index.dimension}-d embeddings but this retriever produces "
-                    f"{self.config.retriever_proj_size}-d ones (config.retriever_proj_size); build the index with "
-                    "this retriever's block embedder."
-                )
-        self._index = index
+    index = IndexSlot()  # the attached block index (None until one is attached)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, block_input_ids=None,
                 block_attention_mask=None, block_token_type_ids=None, labels=None, return_dict=None):

@@ -61,13 +61,19 @@ def answer_token_spans(input_ids: torch.Tensor, block_mask: torch.Tensor, answer
     """
     matches = [_matches(row.tolist(), mask.tolist(), answer_ids) for row, mask in zip(input_ids, block_mask,
                                                                                       strict=True)]
-    width = max([len(m) for m in matches], default=0)  # 4.x gave [rows, 0] when no block has an answer
+    return span_tensors(matches)
+
+
+def span_tensors(matches: list[list[tuple[int, int]]]):
+    """Per-row lists of (start, end) token spans -> has `[rows]` bool, starts and ends `[rows, max_matches]` (-1
+    padded; `[rows, 0]` when no row has a span, as 4.x gave)."""
+    width = max([len(spans) for spans in matches], default=0)
     starts = torch.full((len(matches), width), -1, dtype=torch.long)
     ends = torch.full((len(matches), width), -1, dtype=torch.long)
     for row, spans in enumerate(matches):
         for j, (start, end) in enumerate(spans):
             starts[row, j], ends[row, j] = start, end
-    return torch.tensor([bool(m) for m in matches]), starts, ends
+    return torch.tensor([bool(spans) for spans in matches]), starts, ends
 
 
 def _matches(ids: list[int], mask: list[bool], answer_ids: list[list[int]]) -> list[tuple[int, int]]:

@@ -128,7 +128,7 @@ def test_retriever_index_errors():
     model = RealmRetriever(tiny_config())
     with pytest.raises(ValueError, match="No index is attached"):
         model.retrieve(ids(1, SEQ))
-    with pytest.raises(ValueError, match="index holds 8-d embeddings but this retriever produces 16-d"):
+    with pytest.raises(ValueError, match="index holds 8-d embeddings but this model produces 16-d"):
         model.index = ExactIndex(np.zeros((3, 8), dtype=np.float32))
     index = ExactIndex(np.zeros((3, 16), dtype=np.float32))
     assert RealmRetriever(tiny_config(), index=index).index is index
