@@ -89,18 +89,20 @@ def build_demo(directory) -> dict:
     return summary
 
 
-def train_retriever(retriever, tokenizer, docs: list[dict], items: list[dict]) -> None:
+def train_retriever(retriever, tokenizer, docs: list[dict], items: list[dict], steps: int | None = None,
+                    batch_size: int | None = None, block_length: int = 128) -> None:
     """Contrastive training of the shared query/block tower: each question against its document and the other
-    documents of the batch."""
+    documents of the batch (items need `question` and `doc_id`)."""
     by_id = {doc["doc_id"]: doc for doc in docs}
     optimizer = torch.optim.AdamW(retriever.parameters(), lr=SETTINGS["learning_rate"])
     retriever.train()
     rng = random.Random(SETTINGS["seed"])
-    for _ in tqdm(range(SETTINGS["retriever_steps"]), desc="Training the demo retriever"):
-        batch = _distinct_documents(rng, items, SETTINGS["batch_size"])
+    for _ in tqdm(range(steps or SETTINGS["retriever_steps"]), desc="Training the retriever"):
+        batch = _distinct_documents(rng, items, batch_size or SETTINGS["batch_size"])
         docs_of = [by_id[item["doc_id"]] for item in batch]
-        queries = tokenizer([item["question"] for item in batch], padding=True, return_tensors="pt")
-        blocks = block_inputs(tokenizer, [d["title"] for d in docs_of], [d["text"] for d in docs_of], 128)
+        queries = tokenizer([item["question"] for item in batch], padding=True, truncation=True, max_length=64,
+                            return_tensors="pt")
+        blocks = block_inputs(tokenizer, [d["title"] for d in docs_of], [d["text"] for d in docs_of], block_length)
         # [batch, batch]
         scores = retriever.embed_queries(**queries) @ retriever.embed_blocks(**blocks).T
         loss = torch.nn.functional.cross_entropy(scores, torch.arange(len(batch)))
@@ -120,9 +122,9 @@ def _distinct_documents(rng: random.Random, items: list[dict], size: int) -> lis
     return chosen
 
 
-def openqa_from(retriever, base: str, index) -> RealmForOpenQA:
-    """A RealmForOpenQA whose question tower is the trained retriever's and whose reader starts from MiniLM."""
-    model = init_from_bert(RealmForOpenQA, base, num_block_records=len(index), **QA_CONFIG)
+def openqa_from(retriever, base: str, index, **config) -> RealmForOpenQA:
+    """A RealmForOpenQA whose question tower is the trained retriever's and whose reader starts from `base`."""
+    model = init_from_bert(RealmForOpenQA, base, num_block_records=len(index), **{**QA_CONFIG, **config})
     model.embedder.load_state_dict(retriever.query_embedder.state_dict())
     with torch.no_grad():
         model.block_emb.copy_(torch.from_numpy(index.get_embeddings(list(range(len(index))))))
@@ -130,13 +132,15 @@ def openqa_from(retriever, base: str, index) -> RealmForOpenQA:
     return model
 
 
-def train_reader(model, tokenizer, items: list[dict]) -> None:
-    """ORQA fine-tuning over the demo index: retriever marginal likelihood + reader span likelihood."""
+def train_reader(model, tokenizer, items: list[dict], steps: int | None = None, batch_size: int | None = None
+                 ) -> None:
+    """ORQA fine-tuning over the model's index: retriever marginal likelihood + reader span likelihood (items need
+    `question` and `answer`)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=SETTINGS["learning_rate"])
     rng = random.Random(SETTINGS["seed"] + 1)
     model.train()
-    for _ in tqdm(range(SETTINGS["reader_steps"]), desc="Training the demo reader"):
-        batch = rng.sample(items, SETTINGS["batch_size"])
+    for _ in tqdm(range(steps or SETTINGS["reader_steps"]), desc="Training the reader"):
+        batch = rng.sample(items, batch_size or SETTINGS["batch_size"])
         inputs = training_batch(model, tokenizer, [i["question"] for i in batch], [i["answer"] for i in batch])
         model(**inputs).loss.backward()
         optimizer.step()
