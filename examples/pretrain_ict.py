@@ -1,0 +1,480 @@
+"""Warm-start a REALM retriever with the Inverse Cloze Task (ICT; Lee et al. 2019, ORQA) under accelerate.
+
+    accelerate launch examples/pretrain_ict.py --model bert-base-uncased --corpus corpus.jsonl --output-dir out/ict \\
+        --eval-file dev.jsonl
+
+Also runs as `python examples/pretrain_ict.py ...` (one process) or `torchrun --nproc_per_node N
+examples/pretrain_ict.py ... --cpu` (several CPU processes need `--cpu`). Without `--model` the offline demo BERT
+(all-MiniLM-L6-v2, the `demo` extra) is used. `--model` may be a plain BERT (both towers copy it, the 128-d
+projection starts fresh), a REALM retriever/scorer/embedder checkpoint, or an earlier run's OUTPUT_DIR/final.
+
+Data: `--corpus` is anything `tokenization.load_corpus` reads (jsonl/json/csv/tsv/parquet, a saved datasets
+directory, a Hub dataset id); its documents are cut into blocks of at most `--block-wordpieces` (288) wordpieces.
+Or `--blocks` is a `Dataset.save_to_disk` directory of blocks (`title`, `text`, optional `block_id`, `doc_id`), e.g.
+from `split_into_blocks`. Blocks with fewer than two sentences give no ICT example and are left out of training.
+
+Each step: every block of the batch gives one sentence as a query (`--query-max-length` 64, ORQA's ICT length; REALM's
+96 is for its masked pretraining queries, longer than a sentence); the target is the block with that sentence cut
+out, except with probability `--keep-prob` 0.1; the loss is the cross-entropy of every query's inner products with
+all the blocks of the global batch (gathered across processes with gradients, so `--per-device-train-batch-size` x
+processes is the number of candidates per query; accumulation steps do not add negatives). Defaults follow ORQA:
+AdamW, lr 1e-4, 10% linear warmup then linear decay, separate query and block towers that start from the same
+weights (`--towers shared` for one tower). ORQA trained 100k steps at batch 4096 on TPUs; the defaults here (32 per
+device, `--max-train-steps` 1000) fit one GPU and a short run, raise both for a real warm start.
+
+`--checkpointing-steps N` writes `accelerator.save_state` directories OUTPUT_DIR/step_N (through a temporary
+directory renamed into place) with the data position; `--resume-from-checkpoint PATH|latest` continues as the
+uninterrupted run would. OUTPUT_DIR/final holds the trained `RealmRetriever` (save_pretrained + tokenizer),
+OUTPUT_DIR/metrics.json the logged loss and in-batch accuracy. With `--eval-file` (QA records with gold passages,
+`gold_doc_id` or `passage_id` as `load_qa_file` reads them) a Flat index of all blocks is built with the trained
+block tower in OUTPUT_DIR/index and the gold-passage recall@k of the query tower is reported (`--eval-at-start` also
+scores the initial model, index in OUTPUT_DIR/index_initial).
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import gather_object, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+from index_builder import build_index
+from index_builder.build import with_block_ids
+from index_builder.storage import atomic_directory, atomic_write_bytes
+from modeling_realm.ict import (
+    DEFAULT_KEEP_PROB,
+    DEFAULT_QUERY_LENGTH,
+    IctCollator,
+    can_make_ict_example,
+    freeze_unused_heads,
+    in_batch_loss,
+    with_separate_towers,
+)
+from modeling_realm.loading import demo_model_path, load_retriever
+from tokenization import load_corpus, load_qa_file, split_into_blocks
+from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN
+from tokenization.blocks import DEFAULT_MAX_BLOCK_LENGTH
+from tokenization.qa_metrics import DEFAULT_KS, gold_block_recall
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+CHECKPOINT = re.compile(r"^step_(\d+)$")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("model and data")
+    data.add_argument("--model", default=None, help="BERT or REALM retriever directory/Hub id (default: demo MiniLM)")
+    data.add_argument("--tokenizer", default=None, help="tokenizer directory or Hub id (default: --model)")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", help="documents: a file, saved datasets directory or Hub id (load_corpus)")
+    source.add_argument("--blocks", help="pre-split blocks: a Dataset.save_to_disk directory with title and text")
+    data.add_argument("--title-field", default="title")
+    data.add_argument("--text-field", default="text")
+    data.add_argument("--doc-id-field", default="doc_id")
+    data.add_argument("--block-wordpieces", type=int, default=DEFAULT_MAX_BLOCK_LENGTH,
+                      help="most wordpieces of text per block when splitting --corpus (REALM: 288)")
+    data.add_argument("--query-max-length", type=int, default=DEFAULT_QUERY_LENGTH, help="query wordpieces (ORQA 64)")
+    data.add_argument("--block-max-length", type=int, default=DEFAULT_BLOCK_SEQ_LEN,
+                      help="block tower input length, title and special tokens included (as the index builder)")
+    data.add_argument("--keep-prob", type=float, default=DEFAULT_KEEP_PROB,
+                      help="probability that the query sentence stays in its block (ORQA: 0.1)")
+    data.add_argument("--towers", choices=["separate", "shared"], default="separate",
+                      help="separate query and block towers from the same weights (ORQA), or one shared tower")
+    train = parser.add_argument_group("training")
+    train.add_argument("--output-dir", required=True)
+    train.add_argument("--per-device-train-batch-size", type=int, default=32, help="ORQA: 4096 in all")
+    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    train.add_argument("--learning-rate", type=float, default=1e-4)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    train.add_argument("--warmup-ratio", type=float, default=0.1)
+    train.add_argument("--max-train-steps", type=int, default=1000, help="optimizer steps (ORQA: 100k)")
+    train.add_argument("--num-train-epochs", type=int, default=None, help="also stop after this many epochs")
+    train.add_argument("--dataloader-num-workers", type=int, default=0)
+    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                       help="default: accelerate config / launch flag")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--cpu", action="store_true",
+                       help="train on CPU even with an accelerator (needed for several CPU processes under torchrun)")
+    run = parser.add_argument_group("checkpoints, logging and evaluation")
+    run.add_argument("--checkpointing-steps", type=int, default=None, help="save state every N optimizer steps")
+    run.add_argument("--resume-from-checkpoint", default=None, help="a step_N directory, or 'latest' in output-dir")
+    run.add_argument("--logging-steps", type=int, default=10)
+    run.add_argument("--report-to", default="none", help="tracker for accelerator.init_trackers (default none)")
+    run.add_argument("--eval-file", default=None, help="QA records with gold passages: gold recall@k at the end")
+    run.add_argument("--eval-k", default=",".join(map(str, DEFAULT_KS)), help="comma-separated recall cut-offs")
+    run.add_argument("--eval-at-start", action="store_true", help="also score the initial model")
+    run.add_argument("--max-eval-samples", type=int, default=None, help="score only the first N questions")
+    run.add_argument("--per-device-eval-batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser, args):
+    positive = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_train_steps", "logging_steps",
+                "per_device_eval_batch_size", "block_wordpieces")
+    for name in positive + ("num_train_epochs", "checkpointing_steps", "max_eval_samples"):
+        value = getattr(args, name)
+        if (value is not None or name in positive) and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    if not 0 <= args.warmup_ratio < 1:
+        parser.error(f"--warmup-ratio must lie in [0, 1), got {args.warmup_ratio}.")
+    if not 0 <= args.keep_prob <= 1:
+        parser.error(f"--keep-prob must lie in [0, 1], got {args.keep_prob}.")
+    try:
+        args.eval_k = sorted({int(k) for k in args.eval_k.split(",")})
+    except ValueError:
+        parser.error(f"--eval-k must be comma-separated integers such as 1,5,20, got {args.eval_k!r}.")
+    if args.eval_k[0] < 1:
+        parser.error(f"--eval-k values must be >= 1, got {args.eval_k}.")
+
+
+# ------------------------------------------------------------------------------------------------------ setup
+def make_accelerator(args) -> Accelerator:
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu,
+                              mixed_precision=args.mixed_precision, project_dir=args.output_dir,
+                              log_with=None if args.report_to == "none" else args.report_to,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and accelerator.num_processes == 1:
+        raise ValueError(f"Launched as {world_size} processes but accelerate set up a single-process run (so each "
+                         "process would train alone); on CPU pass --cpu (or `accelerate launch --cpu`).")
+    if args.report_to != "none" and not accelerator.log_with:
+        raise ValueError(f"--report-to {args.report_to}: no such tracker is installed; install it (e.g. pip install "
+                         "tensorboard) or pass --report-to none.")
+    return accelerator
+
+
+def load_model(args, accelerator):
+    """(RealmRetriever with the towers --towers asks for, tokenizer); the main process downloads first."""
+    with accelerator.main_process_first():
+        model = load_retriever(args.model, seed=args.seed)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model or demo_model_path())
+    if args.towers == "separate":
+        model = with_separate_towers(model)
+    elif model.config.separate_query_embedder:
+        raise ValueError(f"{args.model} has separate query and block towers, but --towers shared was given; leave "
+                         "--towers at its default (separate) to keep training both.")
+    freeze_unused_heads(model)
+    logger.info("Model %s: %s towers, %d-d embeddings", args.model or "demo MiniLM", args.towers,
+                model.config.retriever_proj_size)
+    return model, tokenizer
+
+
+def load_blocks(args, tokenizer, accelerator):
+    """(all blocks with block_id and doc_id, the blocks that give ICT examples); the main process works first."""
+    import datasets
+
+    with accelerator.main_process_first():
+        if args.corpus is not None:
+            corpus = load_corpus(args.corpus, title_field=args.title_field, text_field=args.text_field,
+                                 doc_id_field=args.doc_id_field)
+            blocks = split_into_blocks(corpus, tokenizer, max_block_length=args.block_wordpieces)
+        else:
+            if not Path(args.blocks).is_dir():
+                raise FileNotFoundError(f"No blocks directory at {args.blocks}; pass a Dataset.save_to_disk "
+                                        "directory of blocks, or use --corpus for documents.")
+            blocks = datasets.load_from_disk(args.blocks)
+            if isinstance(blocks, datasets.DatasetDict):
+                raise ValueError(f"{args.blocks} holds a DatasetDict with splits {list(blocks)}; pass the directory "
+                                 f"of one split ({args.blocks}/<split>).")
+            missing = [name for name in ("title", "text") if name not in blocks.column_names]
+            if missing:
+                raise ValueError(f"The blocks at {args.blocks} lack the column(s) {missing} (columns: "
+                                 f"{blocks.column_names}); write blocks with title and text, e.g. split_into_blocks.")
+        blocks = with_block_ids(blocks)
+        usable = blocks.filter(lambda texts: [can_make_ict_example(text) for text in texts], batched=True,
+                               input_columns="text", desc="Keeping blocks with two or more sentences")
+    logger.info("%d blocks, %d of them with two or more sentences (ICT examples)", len(blocks), len(usable))
+    return blocks, usable.select_columns(["block_id", "title", "text"])
+
+
+def load_eval(args) -> list[dict]:
+    """The --eval-file records that name a gold passage (an error if none does)."""
+    if args.eval_file is None:
+        return []
+    records = load_qa_file(args.eval_file)
+    kept = [record for record in records if record.get("gold_doc_id") is not None]
+    if not kept:
+        raise ValueError(f"{args.eval_file}: no record names its gold passage; recall needs a 'gold_doc_id' (or "
+                         "'passage_id') per question, matching the corpus doc ids, or SQuAD JSON.")
+    if len(kept) < len(records):
+        logger.warning("%s: %d of %d questions have no gold passage and are not scored.", args.eval_file,
+                       len(records) - len(kept), len(records))
+    return kept[:args.max_eval_samples]
+
+
+def make_optimizer(model, args):
+    """AdamW; biases and normalisation weights (1-d parameters) get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def plan_steps(args, num_examples: int, num_processes: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps): full batches only, every process a share of each step."""
+    global_batch = args.per_device_train_batch_size * num_processes
+    if num_examples < global_batch:
+        raise ValueError(f"Only {num_examples} blocks give ICT examples, fewer than one global batch ({global_batch} "
+                         f"= {args.per_device_train_batch_size} x {num_processes} processes); lower "
+                         "--per-device-train-batch-size or use a larger corpus.")
+    per_epoch = math.ceil(num_examples // global_batch / args.gradient_accumulation_steps)
+    total = args.max_train_steps
+    if args.num_train_epochs is not None:
+        total = min(total, per_epoch * args.num_train_epochs)
+    return per_epoch, total
+
+
+# ------------------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_to_resume(output_dir: Path, resume: str) -> Path:
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / STATE_FILE).is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint of this script (no {STATE_FILE}); pass a step_N "
+                                    f"directory written with --checkpointing-steps, or 'latest'.")
+        return path
+    found = [p for p in output_dir.glob("step_*") if CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
+    if not found:
+        raise FileNotFoundError(f"--resume-from-checkpoint latest: no step_N checkpoint in {output_dir}; train with "
+                                "--checkpointing-steps first or leave the flag out.")
+    return max(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def save_checkpoint(run):
+    """`save_state` into a temporary directory, then rename it to output_dir/step_N (all processes take part)."""
+    accelerator, output_dir = run.accelerator, Path(run.args.output_dir)
+    state = {**run.state, "window": reduced_window(run)}
+    final = output_dir / f"step_{state['completed_steps']}"
+    staging = output_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(staging / STATE_FILE, state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        logger.info("Saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+
+
+def resume(run, checkpoint: Path):
+    """Reload the accelerator state, the data position and the unlogged loss window (kept by the main process)."""
+    run.accelerator.load_state(str(checkpoint))
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    window = state.pop("window")
+    if run.accelerator.is_main_process:
+        run.window = torch.tensor(window, dtype=torch.float64, device=run.accelerator.device)
+    run.state = state
+    logger.info("Resumed from %s: epoch %d, batch %d, step %d", checkpoint, state["epoch"], state["batches_done"],
+                state["completed_steps"])
+
+
+def save_model(run, directory: Path, metrics: dict):
+    """save_pretrained of the unwrapped retriever + tokenizer (+ metrics.json) to `directory`, atomically."""
+    if run.accelerator.is_main_process:
+        with atomic_directory(directory, overwrite=True) as staging:
+            run.accelerator.unwrap_model(run.model).save_pretrained(staging)
+            run.tokenizer.save_pretrained(staging)
+            write_json(staging / "metrics.json", metrics)
+    run.accelerator.wait_for_everyone()
+
+
+def write_json(path: Path, value):
+    atomic_write_bytes(path, json.dumps(value, indent=2).encode())
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+def evaluate(run, name: str) -> dict:
+    """Gold-passage recall@k (%) of the eval questions against a Flat index of all blocks in OUTPUT_DIR/`name`."""
+    accelerator, args = run.accelerator, run.args
+    model = accelerator.unwrap_model(run.model)
+    index = build_index(run.all_blocks, model, run.tokenizer, Path(args.output_dir) / name, factory="Flat",
+                        batch_size=args.per_device_eval_batch_size, max_length=args.block_max_length,
+                        accelerator=accelerator, mixed_precision=accelerator.mixed_precision, overwrite=True,
+                        progress=accelerator.is_local_main_process)
+    k = min(max(args.eval_k), len(index))
+    doc_of = dict(zip(run.all_blocks["block_id"], run.all_blocks["doc_id"]))
+    model.eval()
+    with accelerator.split_between_processes(run.eval_records) as shard:
+        retrieved = []
+        for start in tqdm(range(0, len(shard), args.per_device_eval_batch_size), desc=f"recall ({name})",
+                          disable=not accelerator.is_local_main_process):
+            questions = [record["question"] for record in shard[start:start + args.per_device_eval_batch_size]]
+            inputs = run.tokenizer(questions, truncation=True, max_length=args.query_max_length, padding="longest",
+                                   return_token_type_ids=True, return_tensors="pt").to(accelerator.device)
+            with torch.no_grad(), accelerator.autocast():
+                # [batch, proj]
+                queries = model.embed_queries(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+            _, block_ids = index.search(queries.float().cpu().numpy(), k)
+            retrieved.extend([doc_of[int(b)] for b in row] for row in block_ids)
+    retrieved = gather_object(retrieved)
+    model.train()
+    recall = gold_block_recall(retrieved, [record["gold_doc_id"] for record in run.eval_records], args.eval_k)
+    logger.info("Gold-passage recall (%s, %d questions, %d blocks): %s", name, len(retrieved), len(index), recall)
+    return recall
+
+
+# ------------------------------------------------------------------------------------------------------ training
+@dataclass
+class Run:
+    """What the training loop works on. `state` is JSON (saved with every checkpoint); `window` is this process's
+    [sum of losses, sum of in-batch accuracies, batches] since the last log line."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: DataLoader
+    collator: IctCollator
+    all_blocks: object
+    eval_records: list
+    total_steps: int
+    state: dict = field(default_factory=lambda: {"completed_steps": 0, "epoch": 0, "batches_done": 0,
+                                                 "num_candidates": None, "history": []})
+    window: torch.Tensor = None
+    progress: object = None
+
+
+def train_epoch(run: Run, batches):
+    """Train on `batches` (the epoch's loader, less the batches a resumed checkpoint had done)."""
+    accelerator, model, args, state = run.accelerator, run.model, run.args, run.state
+    for batch in batches:
+        with accelerator.accumulate(model):
+            out = model(**batch, return_dict=True)
+            # The loss sees the blocks of every process as candidates.
+            result = in_batch_loss(out.query_embeddings, out.block_embeddings)
+            accelerator.backward(result.loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad()
+        run.window += torch.stack([result.loss.detach(), result.accuracy, torch.ones_like(result.accuracy)]).double()
+        state["batches_done"] += 1
+        state["num_candidates"] = result.num_candidates
+        if accelerator.sync_gradients:
+            state["completed_steps"] += 1
+            run.progress.update(1)
+            after_step(run)
+            if state["completed_steps"] >= run.total_steps:
+                break
+
+
+def batches_left(run: Run):
+    """The loader without the batches of this epoch that a resumed checkpoint already trained on."""
+    done = run.state["batches_done"]
+    if done == 0:
+        return run.loader
+    return [] if done >= len(run.loader) else run.accelerator.skip_first_batches(run.loader, done)
+
+
+def reduced_window(run: Run) -> list[float]:
+    """The loss window summed over all processes (a collective call)."""
+    return run.accelerator.reduce(run.window.clone(), reduction="sum").tolist()
+
+
+def after_step(run: Run):
+    args, state = run.args, run.state
+    steps = state["completed_steps"]
+    if steps % args.logging_steps == 0 or steps == run.total_steps:
+        loss, accuracy, batches = reduced_window(run)
+        run.window.zero_()
+        record = {"step": steps, "loss": loss / batches, "accuracy": accuracy / batches,
+                  "learning_rate": run.scheduler.get_last_lr()[0]}
+        state["history"].append(record)
+        run.progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
+        run.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=steps)
+    if args.checkpointing_steps is not None and steps % args.checkpointing_steps == 0:
+        save_checkpoint(run)
+
+
+def setup(args) -> Run:
+    accelerator = make_accelerator(args)
+    if not accelerator.is_local_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    set_seed(args.seed)
+    eval_records = load_eval(args)
+    model, tokenizer = load_model(args, accelerator)
+    all_blocks, train_blocks = load_blocks(args, tokenizer, accelerator)
+    model.train()
+    per_epoch, total_steps = plan_steps(args, len(train_blocks), accelerator.num_processes)
+    optimizer = make_optimizer(model, args)
+    # A prepared scheduler steps once per process per optimizer step, hence the factor.
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(args.warmup_ratio * total_steps) * accelerator.num_processes,
+        total_steps * accelerator.num_processes)
+    collator = IctCollator(tokenizer, args.query_max_length, args.block_max_length, args.keep_prob, args.seed)
+    # Full batches only: every query then has the same number of candidates, none of them a duplicate.
+    loader = DataLoader(train_blocks, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
+                        collate_fn=collator, num_workers=args.dataloader_num_workers)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    logger.info("%d ICT blocks; %d optimizer steps of %d x %d processes x %d accumulation (%d per epoch)",
+                len(train_blocks), total_steps, args.per_device_train_batch_size, accelerator.num_processes,
+                args.gradient_accumulation_steps, per_epoch)
+    return Run(args, accelerator, model, tokenizer, optimizer, scheduler, loader, collator, all_blocks, eval_records,
+               total_steps, window=torch.zeros(3, dtype=torch.float64, device=accelerator.device))
+
+
+def main(argv=None) -> dict:
+    """Run ICT; returns the metrics also written to OUTPUT_DIR/metrics.json."""
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    output_dir = Path(args.output_dir)
+    checkpoint = checkpoint_to_resume(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    run = setup(args)
+    run.accelerator.init_trackers("pretrain_ict", config={k: v for k, v in vars(args).items()
+                                                         if isinstance(v, (int, float, str, bool))})
+    evaluation = {}
+    if checkpoint is not None:
+        resume(run, checkpoint)
+    elif args.eval_at_start and run.eval_records:
+        evaluation["initial"] = evaluate(run, "index_initial")
+    state = run.state
+    run.progress = tqdm(total=run.total_steps, initial=state["completed_steps"], desc="ICT",
+                        disable=not run.accelerator.is_local_main_process)
+    while state["completed_steps"] < run.total_steps:
+        run.loader.set_epoch(state["epoch"])  # the shuffle depends on (seed, epoch) only: a resumed run sees the same
+        run.collator.set_epoch(state["epoch"])
+        train_epoch(run, batches_left(run))
+        if state["completed_steps"] < run.total_steps:
+            state["epoch"], state["batches_done"] = state["epoch"] + 1, 0
+    run.progress.close()
+    metrics = {"completed_steps": state["completed_steps"], "num_candidates": state["num_candidates"],
+               "num_processes": run.accelerator.num_processes, "num_blocks": len(run.all_blocks),
+               "num_ict_blocks": len(run.loader.dataset), "history": state["history"]}
+    save_model(run, output_dir / "final", metrics)
+    if run.eval_records:
+        evaluation["final"] = evaluate(run, "index")
+        metrics["eval"] = evaluation
+    if run.accelerator.is_main_process:
+        write_json(output_dir / "metrics.json", metrics)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    last = state["history"][-1] if state["history"] else {}
+    run.accelerator.print(f"trained {state['completed_steps']} steps; last loss {last.get('loss', float('nan')):.4f}, "
+                          f"in-batch accuracy {last.get('accuracy', float('nan')):.3f} over {state['num_candidates']} "
+                          f"candidates; retriever in {output_dir / 'final'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
