@@ -1,0 +1,510 @@
+"""REALM pretraining (Guu et al. 2020) under accelerate: salient-span masked LM, marginalised over retrieved blocks.
+
+    accelerate launch examples/pretrain_realm.py --index INDEX_DIR --retriever out/ict/final \\
+        --encoder bert-base-uncased --output-dir out/realm
+
+Also runs as `python examples/pretrain_realm.py ...` (one process) or `torchrun --nproc_per_node N
+examples/pretrain_realm.py ... --cpu` (several CPU processes need `--cpu`). Several GPUs or machines:
+`accelerate launch --config_file CONFIG ...` (mixed precision and accumulation come from the config or the flags
+below); see "Refresh placement" for where the index refresh runs.
+
+Inputs. `--index` is a BlockIndex directory or Hub id (`realm-build-index`, or OUTPUT_DIR/index of
+`pretrain_ict.py`) whose blocks carry their `doc_id`. `--retriever` initialises the query and block towers: an ICT
+output (`pretrain_ict.py`'s OUTPUT_DIR/final), a REALM retriever/scorer/embedder checkpoint or a plain BERT (both
+towers copy it, with a fresh 128-d projection); `--separate-towers` splits a shared tower into two copies (REALM and
+ORQA train separate towers). `--encoder` initialises the knowledge-augmented encoder: a REALM encoder checkpoint or
+a BERT (its MLM head is used when the checkpoint has one). Both default to the offline demo BERT (all-MiniLM-L6-v2,
+the `demo` extra). The index should have been built with the retriever's block tower (a warning says otherwise).
+
+Queries. The texts of the index's blocks (or of `--corpus` documents, whose `doc_id`s must match the index's) are cut
+into sentence-greedy queries of at most `--query-max-length` (96) wordpieces and masked with `--masking`: `salient`
+(REALM: one named entity or date per sentence; spans found once with `--salient-backend`, spaCy when installed),
+`random_token` (BERT) or `random_span` (SpanBERT-style), the masking ablation of REALM's Table 2.
+
+Each step: the masked queries are embedded by the current query tower (no gradients) to search the index for the top
+`--top-k` - 1 (7) blocks outside the query's own document; the null block is put first; relevance scores are
+recomputed in torch by both towers (the retrieved blocks' tokens go through the current block tower, with gradients);
+the encoder reads `[CLS] masked query [SEP] block [SEP]` for every candidate and the loss is
+-log sum_k p(z_k|x) p(y|z_k, x), averaged over masked tokens. Logged every `--logging-steps`: the masked-LM loss, the
+retrieval utility RU = log p(y|z_1, x) - log p(y|null, x) of the top retrieved block (summed over a query's masked
+tokens) and the index staleness (steps since the block tower that embedded the index).
+
+Index refresh (`--refresh-mode`, every `--refresh-every` steps, default 500): `async` (REALM; a background process
+re-encodes the blocks with the newest saved block tower and the index is swapped in between steps, training never
+waits, a failed refresh is logged and training goes on with the old index), `sync` (pause and rebuild; exact resume),
+`rerank` (retrieve `--rerank-factor` x k blocks from the stale index and re-embed them with the current tower) or
+`none`. Index versions live in `--index-work-dir` (default OUTPUT_DIR/index_versions, the newest
+`--keep-index-versions` kept).
+
+Refresh placement. The async worker encodes on `--refresh-device`: by default the trainer's device type (it shares
+GPU 0 with training process 0 and slows it). With several GPUs, keep one for the worker: e.g. on 8 GPUs
+`accelerate launch --num_processes 7 --gpu_ids 0,1,2,3,4,5,6 ... --refresh-device cuda:7` (accelerate then sets
+CUDA_VISIBLE_DEVICES for the trainers only if asked: pass `--refresh-visible-devices 7 --refresh-device cuda` to pin
+the worker's view explicitly). On several machines the worker runs on the main machine and writes the index versions
+to `--index-work-dir`, which must be on a file system every machine reads (every process loads each new version).
+
+Checkpoints. `--checkpointing-steps N` writes `accelerator.save_state` directories OUTPUT_DIR/step_N (through a
+temporary directory renamed into place) with the data position, the index version, the RNG states and the unlogged
+metrics; `--resume-from-checkpoint PATH|latest` continues (exactly as the uninterrupted run, in `sync` and `none`
+modes with dropout 0; `async` swaps depend on timing). OUTPUT_DIR/final/retriever and OUTPUT_DIR/final/encoder hold
+the trained models (save_pretrained + tokenizer), OUTPUT_DIR/metrics.json the logged history.
+
+REALM pretrained 200k steps at batch 512 with lr 3e-5 on 64 TPUs; the defaults here (8 queries per device, 1000
+steps) fit one GPU and a short run.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, get_linear_schedule_with_warmup
+
+from index_builder import BlockIndex
+from index_builder.blocks_table import TEXT_COLUMNS
+from index_builder.refresh import DEFAULT_REFRESH_EVERY, DEFAULT_RERANK_FACTOR, MODES, IndexRefresher
+from index_builder.storage import atomic_directory, atomic_write_bytes
+from modeling_realm import RealmKnowledgeAugEncoder
+from modeling_realm.convert import realm_config_from_bert
+from modeling_realm.loading import demo_model_path, load_retriever
+from modeling_realm.pretraining import (
+    DEFAULT_ENCODER_LENGTH,
+    DEFAULT_NUM_CANDIDATES,
+    MaskedQueryCollator,
+    RealmPretrainingModel,
+    freeze_unused_parameters,
+    pretraining_inputs,
+    query_examples,
+)
+from tokenization import add_salient_spans, load_corpus
+from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN
+from tokenization.masking import DEFAULT_QUERY_LENGTH, MASKINGS
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+CHECKPOINT = re.compile(r"^step_(\d+)$")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("models and data")
+    data.add_argument("--index", required=True, help="BlockIndex directory or Hub dataset id (blocks with doc_id)")
+    data.add_argument("--retriever", default=None, help="ICT output, REALM retriever/scorer/embedder or BERT")
+    data.add_argument("--encoder", default=None, help="REALM encoder checkpoint or BERT (default: demo MiniLM)")
+    data.add_argument("--tokenizer", default=None, help="tokenizer directory or Hub id (default: --retriever)")
+    data.add_argument("--separate-towers", action="store_true", help="split a shared retriever tower into two")
+    data.add_argument("--corpus", default=None, help="documents for the queries (default: the index's blocks)")
+    data.add_argument("--title-field", default="title")
+    data.add_argument("--text-field", default="text")
+    data.add_argument("--doc-id-field", default="doc_id")
+    data.add_argument("--masking", choices=MASKINGS, default="salient")
+    data.add_argument("--salient-backend", choices=["auto", "spacy", "regex"], default="auto")
+    data.add_argument("--query-max-length", type=int, default=DEFAULT_QUERY_LENGTH, help="REALM: 96")
+    data.add_argument("--block-max-length", type=int, default=DEFAULT_BLOCK_SEQ_LEN,
+                      help="block tower input length (as the index builder)")
+    data.add_argument("--encoder-max-length", type=int, default=DEFAULT_ENCODER_LENGTH,
+                      help="[CLS] query [SEP] block [SEP] length; the block is truncated to fit")
+    data.add_argument("--top-k", type=int, default=DEFAULT_NUM_CANDIDATES, help="candidates per query, null included")
+    refresh = parser.add_argument_group("index refresh")
+    refresh.add_argument("--refresh-mode", choices=MODES, default="async")
+    refresh.add_argument("--refresh-every", type=int, default=DEFAULT_REFRESH_EVERY, help="optimizer steps")
+    refresh.add_argument("--rerank-factor", type=int, default=DEFAULT_RERANK_FACTOR)
+    refresh.add_argument("--refresh-device", default=None, help="device of the async worker (default: trainer's)")
+    refresh.add_argument("--refresh-visible-devices", default=None, help="CUDA_VISIBLE_DEVICES of the async worker")
+    refresh.add_argument("--refresh-batch-size", type=int, default=64)
+    refresh.add_argument("--index-work-dir", default=None, help="index versions (default OUTPUT_DIR/index_versions)")
+    refresh.add_argument("--keep-index-versions", type=int, default=2)
+    train = parser.add_argument_group("training")
+    train.add_argument("--output-dir", required=True)
+    train.add_argument("--per-device-train-batch-size", type=int, default=8, help="REALM: 512 in all")
+    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    train.add_argument("--learning-rate", type=float, default=3e-5)
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    train.add_argument("--warmup-ratio", type=float, default=0.05)
+    train.add_argument("--max-train-steps", type=int, default=1000, help="optimizer steps (REALM: 200k)")
+    train.add_argument("--num-train-epochs", type=int, default=None, help="also stop after this many epochs")
+    train.add_argument("--dataloader-num-workers", type=int, default=0)
+    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                       help="default: accelerate config / launch flag")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--cpu", action="store_true",
+                       help="train on CPU even with an accelerator (needed for several CPU processes under torchrun)")
+    run = parser.add_argument_group("checkpoints and logging")
+    run.add_argument("--checkpointing-steps", type=int, default=None, help="save state every N optimizer steps")
+    run.add_argument("--resume-from-checkpoint", default=None, help="a step_N directory, or 'latest' in output-dir")
+    run.add_argument("--logging-steps", type=int, default=10)
+    run.add_argument("--report-to", default="none", help="tracker for accelerator.init_trackers (default none)")
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser, args):
+    positive = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_train_steps", "logging_steps",
+                "refresh_every", "rerank_factor", "refresh_batch_size", "keep_index_versions")
+    for name in positive + ("num_train_epochs", "checkpointing_steps"):
+        value = getattr(args, name)
+        if (value is not None or name in positive) and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    if args.top_k < 2:
+        parser.error(f"--top-k must be >= 2 (the null block and at least one retrieved block), got {args.top_k}.")
+    if not 0 <= args.warmup_ratio < 1:
+        parser.error(f"--warmup-ratio must lie in [0, 1), got {args.warmup_ratio}.")
+    if args.query_max_length < 3 or args.encoder_max_length < args.query_max_length + 1:
+        parser.error(f"--query-max-length ({args.query_max_length}) must be >= 3 and below --encoder-max-length "
+                     f"({args.encoder_max_length}).")
+
+
+# ------------------------------------------------------------------------------------------------------ setup
+def make_accelerator(args) -> Accelerator:
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu,
+                              mixed_precision=args.mixed_precision, project_dir=args.output_dir,
+                              log_with=None if args.report_to == "none" else args.report_to,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and accelerator.num_processes == 1:
+        raise ValueError(f"Launched as {world_size} processes but accelerate set up a single-process run (so each "
+                         "process would train alone); on CPU pass --cpu (or `accelerate launch --cpu`).")
+    if args.report_to != "none" and not accelerator.log_with:
+        raise ValueError(f"--report-to {args.report_to}: no such tracker is installed; install it (e.g. pip install "
+                         "tensorboard) or pass --report-to none.")
+    return accelerator
+
+
+def load_encoder(name_or_path: str, seed: int) -> RealmKnowledgeAugEncoder:
+    """A REALM encoder checkpoint as is, or one initialised from a BERT (backbone and, when present, MLM head)."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    if config.model_type == "realm":
+        return RealmKnowledgeAugEncoder.from_pretrained(name_or_path)
+    if config.model_type != "bert":
+        raise ValueError(f"--encoder {name_or_path} is a {config.model_type!r} model; pass a REALM encoder checkpoint "
+                         "(RealmKnowledgeAugEncoder) or a BERT to initialise one.")
+    torch.manual_seed(seed)
+    bert = BertForMaskedLM.from_pretrained(name_or_path)
+    encoder = RealmKnowledgeAugEncoder(realm_config_from_bert(bert.config))
+    missing, _ = encoder.realm.load_state_dict(bert.bert.state_dict(), strict=False)
+    encoder.cls.load_state_dict(bert.cls.state_dict())
+    logger.info("Encoder initialised from BERT %s (left at initialisation: %s)", name_or_path, missing)
+    return encoder
+
+
+def load_models(args, accelerator):
+    """(RealmPretrainingModel, tokenizer); the main process downloads first."""
+    with accelerator.main_process_first():
+        retriever = load_retriever(args.retriever, seed=args.seed)
+        encoder = load_encoder(args.encoder or demo_model_path(), args.seed)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.retriever or demo_model_path())
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(f"Masking needs a fast tokenizer, but {type(tokenizer).__name__} was loaded; pass --tokenizer "
+                        "with a tokenizer.json (RealmTokenizerFast / BertTokenizerFast).")
+    if args.separate_towers:
+        from modeling_realm.ict import with_separate_towers
+
+        retriever = with_separate_towers(retriever)
+    model = RealmPretrainingModel(retriever, encoder)
+    freeze_unused_parameters(model)
+    logger.info("Retriever %s (%s towers), encoder %s", args.retriever or "demo MiniLM",
+                "separate" if retriever.config.separate_query_embedder else "shared", args.encoder or "demo MiniLM")
+    return model, tokenizer
+
+
+def load_index(args, accelerator, retriever) -> BlockIndex:
+    with accelerator.main_process_first():
+        index = BlockIndex.from_pretrained(args.index)
+    if not index.check_compatible(retriever, warn=False):  # raises on a dimension mismatch
+        logger.warning("The index was built with another block tower than --retriever's; its first refresh (or "
+                       "--refresh-mode rerank) brings it in line.")
+    if len(index) < args.top_k:
+        raise ValueError(f"The index holds {len(index)} blocks, fewer than --top-k {args.top_k} - 1 to retrieve; "
+                         "lower --top-k or index a larger corpus.")
+    return index
+
+
+def load_queries(args, tokenizer, index, accelerator):
+    """Masked-query texts (with doc_id and, for salient masking, cached spans); the main process works first."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    with accelerator.main_process_first():
+        if args.corpus is not None:
+            source = load_corpus(args.corpus, title_field=args.title_field, text_field=args.text_field,
+                                 doc_id_field=args.doc_id_field)
+        else:  # an in-memory view of the memory-mapped blocks, so no cache file is written into the index
+            source = datasets.Dataset(InMemoryTable(index.blocks.data.table.select(TEXT_COLUMNS)))
+        queries = query_examples(source, tokenizer, args.query_max_length)
+        if args.masking == "salient":
+            queries = add_salient_spans(queries, backend=args.salient_backend)
+    logger.info("%d queries of at most %d wordpieces from %s", len(queries), args.query_max_length,
+                args.corpus or "the index's blocks")
+    return queries
+
+
+def make_optimizer(model, args):
+    """AdamW; biases and normalisation weights (1-d parameters) get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def plan_steps(args, num_examples: int, num_processes: int) -> int:
+    """Total optimizer steps (full batches only, every process a share of each step)."""
+    global_batch = args.per_device_train_batch_size * num_processes
+    if num_examples < global_batch:
+        raise ValueError(f"Only {num_examples} queries, fewer than one global batch ({global_batch} = "
+                         f"{args.per_device_train_batch_size} x {num_processes} processes); lower "
+                         "--per-device-train-batch-size or use a larger corpus.")
+    per_epoch = max(1, num_examples // global_batch // args.gradient_accumulation_steps)
+    total = args.max_train_steps
+    if args.num_train_epochs is not None:
+        total = min(total, per_epoch * args.num_train_epochs)
+    return total
+
+
+def make_refresher(args, accelerator, index, retriever, tokenizer) -> IndexRefresher:
+    work_dir = Path(args.index_work_dir or Path(args.output_dir) / "index_versions")
+    env = {} if args.refresh_visible_devices is None else {"CUDA_VISIBLE_DEVICES": args.refresh_visible_devices}
+    return IndexRefresher(index, retriever, tokenizer, work_dir, mode=args.refresh_mode, every=args.refresh_every,
+                          rerank_factor=args.rerank_factor, block_length=args.block_max_length,
+                          batch_size=args.refresh_batch_size, mixed_precision=accelerator.mixed_precision,
+                          accelerator=accelerator, device=args.refresh_device, worker_env=env,
+                          keep_versions=args.keep_index_versions)
+
+
+# ------------------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_to_resume(output_dir: Path, resume: str) -> Path:
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / STATE_FILE).is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint of this script (no {STATE_FILE}); pass a step_N "
+                                    f"directory written with --checkpointing-steps, or 'latest'.")
+        return path
+    found = [p for p in output_dir.glob("step_*") if CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
+    if not found:
+        raise FileNotFoundError(f"--resume-from-checkpoint latest: no step_N checkpoint in {output_dir}; train with "
+                                "--checkpointing-steps first or leave the flag out.")
+    return max(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def save_checkpoint(run):
+    """`save_state` into a temporary directory, then rename it to output_dir/step_N (all processes take part)."""
+    accelerator, output_dir = run.accelerator, Path(run.args.output_dir)
+    state = {**run.state, "window": reduced_window(run), "refresh": run.refresher.state_dict()}
+    final = output_dir / f"step_{state['completed_steps']}"
+    staging = output_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(staging / STATE_FILE, state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        logger.info("Saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+
+
+def resume(run, checkpoint: Path):
+    """Reload the accelerator state (weights, optimizer, scheduler, RNG), the data position, the index version and
+    the unlogged metrics window (kept by the main process)."""
+    run.accelerator.load_state(str(checkpoint))
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    window = state.pop("window")
+    run.refresher.load_state_dict(state.pop("refresh"), state["completed_steps"])
+    if run.accelerator.is_main_process:
+        run.window = torch.tensor(window, dtype=torch.float64, device=run.accelerator.device)
+    run.state = state
+    logger.info("Resumed from %s: epoch %d, batch %d, step %d, index version %d", checkpoint, state["epoch"],
+                state["batches_done"], state["completed_steps"], run.refresher.version)
+
+
+def save_models(run, metrics: dict):
+    """The trained retriever and encoder (save_pretrained + tokenizer) in OUTPUT_DIR/final/{retriever,encoder}."""
+    if run.accelerator.is_main_process:
+        model = run.accelerator.unwrap_model(run.model)
+        with atomic_directory(Path(run.args.output_dir) / "final", overwrite=True) as staging:
+            for name in ("retriever", "encoder"):
+                getattr(model, name).save_pretrained(staging / name, tokenizer=run.tokenizer)
+            write_json(staging / "metrics.json", metrics)
+    run.accelerator.wait_for_everyone()
+
+
+def write_json(path: Path, value):
+    atomic_write_bytes(path, json.dumps(value, indent=2).encode())
+
+
+# ------------------------------------------------------------------------------------------------------ training
+@dataclass
+class Run:
+    """What the training loop works on. `state` is JSON (saved with every checkpoint); `window` is this process's
+    [sum of losses, sum of retrieval utilities, batches] since the last log line."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    model: torch.nn.Module
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: DataLoader
+    collator: MaskedQueryCollator
+    refresher: IndexRefresher
+    total_steps: int
+    state: dict = field(default_factory=lambda: {"completed_steps": 0, "epoch": 0, "batches_done": 0, "history": []})
+    window: torch.Tensor = None
+    progress: object = None
+
+
+def training_step(run: Run, batch: dict):
+    """Retrieve for `batch` (no gradients), then one forward/backward (and optimizer step when accumulation ends)."""
+    accelerator, args = run.accelerator, run.args
+    retriever = accelerator.unwrap_model(run.model).retriever
+    inputs, _ = pretraining_inputs(retriever, run.tokenizer, batch, run.refresher.retrieve, args.top_k,
+                                   args.block_max_length, args.encoder_max_length, autocast=accelerator.autocast)
+    inputs = {key: value.to(accelerator.device) for key, value in inputs.items()}
+    with accelerator.accumulate(run.model):
+        out = run.model(**inputs)
+        accelerator.backward(out.loss)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+    return out
+
+
+def train_epoch(run: Run, batches):
+    """Train on `batches` (the epoch's loader, less the batches a resumed checkpoint had done)."""
+    accelerator, state = run.accelerator, run.state
+    for batch in batches:
+        out = training_step(run, batch)
+        utility = out.retrieval_utility.float().mean()
+        run.window += torch.stack([out.loss.detach().float(), utility, torch.ones_like(utility)]).double()
+        state["batches_done"] += 1
+        if accelerator.sync_gradients:
+            state["completed_steps"] += 1
+            run.progress.update(1)
+            run.refresher.after_step(state["completed_steps"])
+            after_step(run)
+            if state["completed_steps"] >= run.total_steps:
+                break
+
+
+def batches_left(run: Run):
+    """The loader without the batches of this epoch that a resumed checkpoint already trained on."""
+    done = run.state["batches_done"]
+    if done == 0:
+        return run.loader
+    return [] if done >= len(run.loader) else run.accelerator.skip_first_batches(run.loader, done)
+
+
+def reduced_window(run: Run) -> list[float]:
+    """The metrics window summed over all processes (a collective call)."""
+    return run.accelerator.reduce(run.window.clone(), reduction="sum").tolist()
+
+
+def after_step(run: Run):
+    args, state, refresher = run.args, run.state, run.refresher
+    steps = state["completed_steps"]
+    if steps % args.logging_steps == 0 or steps == run.total_steps:
+        loss, utility, batches = reduced_window(run)
+        run.window.zero_()
+        record = {"step": steps, "loss": loss / batches, "retrieval_utility": utility / batches,
+                  "index_staleness": refresher.staleness(steps), "index_version": refresher.version,
+                  "refreshes": refresher.refreshes, "refresh_failures": refresher.failures,
+                  "learning_rate": run.scheduler.get_last_lr()[0]}
+        state["history"].append(record)
+        run.progress.set_postfix(loss=f"{record['loss']:.4f}", ru=f"{record['retrieval_utility']:.3f}",
+                                 stale=record["index_staleness"])
+        run.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=steps)
+    if args.checkpointing_steps is not None and steps % args.checkpointing_steps == 0:
+        save_checkpoint(run)
+
+
+def setup(args) -> Run:
+    accelerator = make_accelerator(args)
+    if not accelerator.is_local_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    set_seed(args.seed)
+    model, tokenizer = load_models(args, accelerator)
+    index = load_index(args, accelerator, model.retriever)
+    queries = load_queries(args, tokenizer, index, accelerator)
+    model.train()
+    total_steps = plan_steps(args, len(queries), accelerator.num_processes)
+    optimizer = make_optimizer(model, args)
+    # A prepared scheduler steps once per process per optimizer step, hence the factor.
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(args.warmup_ratio * total_steps) * accelerator.num_processes,
+        total_steps * accelerator.num_processes)
+    collator = MaskedQueryCollator(tokenizer, args.masking, args.query_max_length, args.seed, args.salient_backend)
+    loader = DataLoader(queries, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
+                        collate_fn=collator, num_workers=args.dataloader_num_workers)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    refresher = make_refresher(args, accelerator, index, accelerator.unwrap_model(model).retriever, tokenizer)
+    logger.info("%d queries; %d optimizer steps of %d x %d processes x %d accumulation; top-k %d; refresh %s every "
+                "%d steps", len(queries), total_steps, args.per_device_train_batch_size, accelerator.num_processes,
+                args.gradient_accumulation_steps, args.top_k, args.refresh_mode, args.refresh_every)
+    return Run(args, accelerator, model, tokenizer, optimizer, scheduler, loader, collator, refresher, total_steps,
+               window=torch.zeros(3, dtype=torch.float64, device=accelerator.device))
+
+
+def train(run: Run):
+    state = run.state
+    run.progress = tqdm(total=run.total_steps, initial=state["completed_steps"], desc="REALM",
+                        disable=not run.accelerator.is_local_main_process)
+    while state["completed_steps"] < run.total_steps:
+        run.loader.set_epoch(state["epoch"])  # the shuffle depends on (seed, epoch) only: a resumed run sees the same
+        run.collator.set_epoch(state["epoch"])
+        train_epoch(run, batches_left(run))
+        if state["completed_steps"] < run.total_steps:
+            state["epoch"], state["batches_done"] = state["epoch"] + 1, 0
+    run.progress.close()
+
+
+def main(argv=None) -> dict:
+    """Run REALM pretraining; returns the metrics also written to OUTPUT_DIR/metrics.json."""
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    output_dir = Path(args.output_dir)
+    checkpoint = checkpoint_to_resume(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    run = setup(args)
+    run.accelerator.init_trackers("pretrain_realm", config={k: v for k, v in vars(args).items()
+                                                           if isinstance(v, (int, float, str, bool))})
+    try:
+        if checkpoint is not None:
+            resume(run, checkpoint)
+        train(run)
+    finally:
+        run.refresher.close()
+    state, refresher = run.state, run.refresher
+    metrics = {"completed_steps": state["completed_steps"], "num_processes": run.accelerator.num_processes,
+               "refresh_mode": args.refresh_mode, "index_version": refresher.version,
+               "index_directory": None if refresher.index.directory is None else str(refresher.index.directory),
+               "refreshes": refresher.refreshes, "refresh_failures": refresher.failures, "history": state["history"]}
+    save_models(run, metrics)
+    if run.accelerator.is_main_process:
+        write_json(output_dir / "metrics.json", metrics)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    last = state["history"][-1] if state["history"] else {}
+    run.accelerator.print(f"trained {state['completed_steps']} steps; last loss {last.get('loss', math.nan):.4f}, "
+                          f"retrieval utility {last.get('retrieval_utility', math.nan):.3f}; index version "
+                          f"{refresher.version}; models in {output_dir / 'final'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
