@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
 
 
 def run_example(*args):
@@ -31,3 +32,12 @@ def test_embed_queries_reads_a_local_legacy_checkpoint(tmp_path):
     result = run_example("embed_queries.py", "--model", str(directory), "hello world", "paris")
     assert result.returncode == 0, result.stderr
     assert "embeddings: (2, 16)" in result.stdout
+
+
+@pytest.mark.parametrize("name,machines,processes", [("one_machine_multi_gpu", 1, 8), ("multi_machine", 4, 32)])
+def test_accelerate_configs_parse(name, machines, processes):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(EXAMPLES / "accelerate" / f"{name}.yaml"))
+    assert (config.num_machines, config.num_processes, config.mixed_precision) == (machines, processes, "bf16")
+    assert str(config.distributed_type).endswith("MULTI_GPU")
