@@ -139,7 +139,8 @@ class BlockIndex:
     def _search(self, queries: np.ndarray, k: int):
         rerank = self.manifest.search_params.get(faiss_utils.RERANK, 0)
         candidates = min(len(self), k * rerank) if rerank > 1 else k
-        scores, ids = self.faiss_index.search(queries, candidates)
+        with faiss_utils.threads_for(len(queries)):
+            scores, ids = self.faiss_index.search(queries, candidates)
         incomplete = (ids < 0).any(axis=1)
         if incomplete.any():
             logger.info("%d queries had fewer than %d results from the approximate index; searching exhaustively",

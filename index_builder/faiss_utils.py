@@ -5,7 +5,9 @@ ids themselves are wrapped in `IDMap2`, so every index stores block ids and supp
 support `remove`.
 """
 
+import contextlib
 import logging
+import threading
 
 import faiss
 import numpy as np
@@ -17,6 +19,10 @@ SEARCH_PARAMS = ("nprobe", "efSearch", "ht", "k_factor")
 # Not a FAISS knob: retrieve rerank * k candidates and re-score them with the exact stored embeddings.
 RERANK = "rerank"
 ADD_CHUNK = 65536
+# Below this many queries a FAISS search runs on one OpenMP thread: starting a parallel region costs 8-16 ms on a
+# 2-vCPU machine where faiss and torch each load their own libgomp (benchmarks/README.md), more than the search.
+SMALL_BATCH = 16
+_THREADS_LOCK = threading.Lock()
 
 
 def full_factory(factory: str) -> str:
@@ -124,3 +130,18 @@ def read(path):
     except RuntimeError as error:
         raise ValueError(f"{path} is not a readable FAISS index ({str(error).splitlines()[-1]}); the file is "
                          "corrupted. Rebuild or re-download the index.") from error
+
+
+@contextlib.contextmanager
+def threads_for(batch_size: int):
+    """Run FAISS single-threaded for small batches (see SMALL_BATCH); larger batches keep every thread."""
+    if batch_size >= SMALL_BATCH:
+        yield
+        return
+    with _THREADS_LOCK:  # the thread count is process-global: restore it before another search changes it
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(threads)
