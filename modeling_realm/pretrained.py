@@ -4,6 +4,9 @@ Every tower is transformers 5's own `BertModel` stored under the name `realm`, s
 (`realm.embeddings.*`, `realm.encoder.layer.N.*`, `realm.pooler.*`) are those of transformers 4.x REALM.
 """
 
+import contextlib
+
+from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertModel
@@ -96,3 +99,14 @@ def flatten_candidates(*tensors):
             tensor = tensor.reshape(-1, tensor.shape[-1])
         flat.append(tensor)
     return flat
+
+
+@contextlib.contextmanager
+def evaluation_mode(module: nn.Module):
+    """Switch `module` to eval mode (no dropout) for the block, then restore its previous mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

@@ -40,7 +40,7 @@ from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN, block_inputs
 from tokenization.masking import DEFAULT_QUERY_LENGTH, IGNORE_INDEX, MASKINGS, make_masked_batch
 
 from .losses import marginal_mlm_loss
-from .pretrained import flatten_candidates, run_backbone
+from .pretrained import evaluation_mode, flatten_candidates, run_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -112,17 +112,6 @@ class MaskedQueryCollator:
     def _rng(self, rows) -> np.random.Generator:
         keys = [int(row["block_id"]) if "block_id" in row else zlib.crc32(row["text"].encode()) for row in rows]
         return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, *keys]))
-
-
-@contextlib.contextmanager
-def evaluation_mode(module: nn.Module):
-    """Switch `module` to eval mode (no dropout) for the block, then restore its previous mode."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 @torch.no_grad()

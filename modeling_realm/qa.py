@@ -11,6 +11,8 @@ import torch
 
 from tokenization.reader_inputs import ReaderBatch, reader_inputs
 
+from .pretrained import evaluation_mode
+
 
 @dataclass
 class Retrieved:
@@ -74,8 +76,9 @@ def answer_questions(model, tokenizer, questions: list[str], top_k: int = 1, bat
         raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}.")
     check_index(model.index, model.config.retriever_proj_size)
     results = []
-    for start in range(0, len(questions), batch_size):
-        results.extend(answer_batch(model, tokenizer, questions[start:start + batch_size], top_k))
+    with evaluation_mode(model):  # answers never depend on dropout, even right after training
+        for start in range(0, len(questions), batch_size):
+            results.extend(answer_batch(model, tokenizer, questions[start:start + batch_size], top_k))
     return results
 
 
@@ -97,9 +100,10 @@ def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) 
     batch = ReaderBatch(encoding["input_ids"][None], encoding["attention_mask"][None],
                         encoding["token_type_ids"][None], block_mask[None], offsets[None]).to(model.device)
     windows = batch.input_ids.shape[1]
-    # [1, windows, num_spans]
-    logits, starts, ends = model._read(batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.block_mask,
-                                       torch.zeros(1, windows, device=model.device))
+    with evaluation_mode(model):
+        # [1, windows, num_spans]
+        logits, starts, ends = model._read(batch.input_ids, batch.attention_mask, batch.token_type_ids,
+                                           batch.block_mask, torch.zeros(1, windows, device=model.device))
     passage = {"block_id": None, "doc_id": None, "title": "", "text": context}
     return _top_spans(logits[0], starts, ends, batch, 0, [passage] * windows, top_k)
 

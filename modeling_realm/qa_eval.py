@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from tokenization.answers import exact_match, regex_match
 from tokenization.qa_metrics import DEFAULT_KS, gold_block_recall, retrieval_recall
 
+from .pretrained import evaluation_mode
 from .qa import answer_batch, check_index, retrieve, tokenize_questions
 
 
@@ -26,15 +27,16 @@ def evaluate_openqa(model, tokenizer, records: list[dict], match: str = "string"
     check_index(model.index, model.config.retriever_proj_size)
     depth = min(max(ks), len(model.index))
     predictions, retrieved_texts, retrieved_docs = [], [], []
-    for start in tqdm(range(0, len(records), batch_size), desc="Evaluating", disable=not progress):
-        batch = records[start:start + batch_size]
-        questions = [record["question"] for record in batch]
-        answers = answer_batch(model, tokenizer, questions, top_k=1)
-        found = _retrieve_deep(model, tokenizer, questions, depth)
-        for record, best, blocks in zip(batch, answers, found, strict=True):
-            retrieved_texts.append([block["text"] for block in blocks])
-            retrieved_docs.append([block["doc_id"] for block in blocks])
-            predictions.append(_prediction(record, best[0] if best else None, retrieved_docs[-1], match))
+    with evaluation_mode(model):
+        for start in tqdm(range(0, len(records), batch_size), desc="Evaluating", disable=not progress):
+            batch = records[start:start + batch_size]
+            questions = [record["question"] for record in batch]
+            answers = answer_batch(model, tokenizer, questions, top_k=1)
+            found = _retrieve_deep(model, tokenizer, questions, depth)
+            for record, best, blocks in zip(batch, answers, found, strict=True):
+                retrieved_texts.append([block["text"] for block in blocks])
+                retrieved_docs.append([block["doc_id"] for block in blocks])
+                predictions.append(_prediction(record, best[0] if best else None, retrieved_docs[-1], match))
     summary = {"count": len(records), "exact_match": 100.0 * sum(p["correct"] for p in predictions) / len(records)}
     recall = retrieval_recall(retrieved_texts, [r["answers"] for r in records], ks=ks, match=match,
                               tokenizer=None, progress=False)

@@ -8,6 +8,7 @@ import torch
 
 from index_builder import BlockIndex
 from modeling_realm import RealmForOpenQA
+from modeling_realm.qa_eval import evaluate_openqa
 from tests.helpers import PARITY, VOCAB, load_io
 from tokenization import RealmTokenizerFast
 from tokenization.reader_inputs import answer_token_spans, reader_inputs
@@ -52,6 +53,27 @@ def test_answers_do_not_depend_on_the_batch(config_name="google"):
             [(a["block_id"], a["start"], a["end"]) for a in single]
         np.testing.assert_allclose([a["score"] for a in together], [a["score"] for a in single], atol=1e-5)
         assert [a["score"] for a in together] == sorted((a["score"] for a in together), reverse=True)
+
+
+def test_answers_ignore_dropout_and_keep_the_training_mode(config_name="google"):
+    model, tokenizer, cases = fixture_model(config_name)
+    assert model.config.hidden_dropout_prob > 0  # so training mode would change the scores
+    questions = [case["question"] for case in cases["questions"]]
+    expected = model.eval().answer(questions, top_k=2)
+    model.train()  # e.g. right after a fine-tuning loop
+    try:
+        for _ in range(2):
+            got = model.answer(questions, top_k=2)
+            assert [[(a["block_id"], a["start"], a["end"]) for a in row] for row in got] == \
+                [[(a["block_id"], a["start"], a["end"]) for a in row] for row in expected]
+            np.testing.assert_allclose([a["score"] for row in got for a in row],
+                                       [a["score"] for row in expected for a in row], atol=1e-6)
+        records = [{"question": q, "answers": ["x"]} for q in questions]
+        first, _ = evaluate_openqa(model, tokenizer, records, progress=False)
+        assert model.training  # the caller's mode is restored
+        assert first == evaluate_openqa(model, tokenizer, records, progress=False)[0]
+    finally:
+        model.eval()
 
 
 def test_answer_errors_name_the_fix():
