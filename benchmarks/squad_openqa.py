@@ -1,7 +1,7 @@
 """Small-scale open-domain QA on the SQuAD v1.1 dev passages, with what can be trained on two CPU cores.
 
     python benchmarks/squad_openqa.py --output-dir /tmp/squad-openqa            # full run (tens of minutes)
-    python benchmarks/squad_openqa.py --output-dir /tmp/squad-openqa --quick    # smoke test (about a minute)
+    python benchmarks/squad_openqa.py --output-dir /tmp/squad-openqa --quick    # smoke test: 40 passages
 
 The 2,067 passages of ../shared/data/squad are the corpus. Questions about passages with an even id train, those
 about odd ids are the evaluation set (so evaluation passages were never seen with their questions). Steps:
@@ -10,7 +10,8 @@ about odd ids are the evaluation set (so evaluation passages were never seen wit
 2. supervised contrastive training of the retriever on (training question, gold passage) pairs with in-batch
    negatives (a DPR-style stand-in for ICT/REALM pretraining, which the pretraining work adds);
 3. a BlockIndex of the passages with the trained block tower (realm-build-index's code path);
-4. ORQA fine-tuning of the reader (initialised from MiniLM) and question tower over that index;
+4. ORQA fine-tuning of the reader (initialised from MiniLM) over that index (the question tower is frozen at this
+   size, see the comment in `main`);
 5. `evaluate_openqa` on the evaluation questions: exact match, answer recall@k, gold-passage recall@k.
 These numbers are small-scale and SQuAD-specific (SQuAD questions were written looking at their passage), not
 the paper's NQ/WQ/CuratedTREC figures. Prints one JSON summary and writes it to --output-dir/summary.json.
@@ -69,6 +70,10 @@ def main(argv=None) -> dict:
     output = Path(args.output_dir)
     corpus = load_corpus(data / "squad-dev-v1.1.passages.jsonl", doc_id_field="id")
     records = load_qa_file(data / "squad-dev-v1.1.qa.jsonl")
+    if args.quick:  # the first 40 passages and their questions
+        corpus = corpus.select(range(40))
+        kept = set(corpus["doc_id"])
+        records = [r for r in records if str(r["gold_doc_id"]) in kept]
     train, held_out = split_questions(records, args.eval_questions)
     base = demo_model_path()
     from transformers import AutoTokenizer
@@ -85,8 +90,13 @@ def main(argv=None) -> dict:
     train_retriever(retriever, tokenizer, docs, [dict(r, doc_id=r["gold_doc_id"]) for r in train],
                     steps=args.retriever_steps, batch_size=args.batch_size, block_length=320)
     index = build_index(blocks, retriever, tokenizer, output / "index", overwrite=True, progress=False)
+    summary["retriever_trained"] = gold_recall(retriever, index, tokenizer, held_out)
     model = openqa_from(retriever, base, index, reader_seq_len=320, reader_beam_size=2, searcher_beam_size=4,
                         searcher_seq_len=64)
+    # ORQA also fine-tunes the question tower here, over 5,000 retrieved blocks and thousands of steps. With 4 blocks
+    # and a few dozen small batches that retriever loss is mostly noise (it took gold recall@1 from 34% to 11% on
+    # 300 passages), so at this size the question tower stays as the contrastive stage left it.
+    model.embedder.requires_grad_(False)
     train_reader(model, tokenizer, [dict(r, answer=r["answers"]) for r in train], steps=args.reader_steps,
                  batch_size=max(2, args.batch_size // 2))
     results, predictions = evaluate_openqa(model, tokenizer, held_out, ks=(1, 5, 20, 100), progress=False)
