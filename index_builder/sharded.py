@@ -21,6 +21,12 @@ equal scores by smaller block id. With an exact ("Flat") factory the result equa
 (up to ties at the k-th place of a slice, which FAISS resolves itself). Errors that one rank detects (bad queries,
 unknown block ids) are agreed on before anything else is exchanged, so every rank raises instead of hanging.
 With the nccl backend the exchanged tensors live on the current CUDA device; with gloo on the CPU.
+
+Ending a run: import this package (or transformers) before the process group starts and call
+`torch.distributed.destroy_process_group()` at the end (`accelerator.end_training()` does). In torch 2.13,
+importing `torch.distributed.fsdp` (transformers does) after `init_process_group` keeps the default group alive
+past `destroy_process_group`; gloo's worker threads then release their last all_to_all while the interpreter shuts
+down, which can abort the process ("terminate called without an active exception") after all work is done.
 """
 
 import json

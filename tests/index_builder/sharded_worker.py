@@ -13,6 +13,13 @@ from datetime import timedelta
 import numpy as np
 import torch.distributed as dist
 
+# Imported before the process group starts, on purpose: torch.distributed.fsdp (imported by transformers'
+# modeling_utils) keeps a reference to the default group when it is imported after init_process_group, so
+# destroy_process_group could not stop gloo's worker threads, and one of them could then abort the interpreter's
+# exit ("terminate called without an active exception") while releasing its last all_to_all.
+from index_builder import BlockIndex
+from index_builder.sharded import ShardedBlockIndex
+
 NUM_BLOCKS, DIMENSION = 2000, 16
 # name -> (k, query batch size of rank 0, of rank 1); k=1500 exceeds one slice's 1000 rows
 SEARCHES = {"k5": (5, 7, 12), "k1500": (1500, 3, 2), "empty_rank0": (4, 0, 5)}
@@ -43,9 +50,6 @@ def error_of(function):
 
 
 def run(out_dir: str, index_dir: str, rank: int):
-    from index_builder import BlockIndex
-    from index_builder.sharded import ShardedBlockIndex
-
     embeddings, texts = corpus()
     indices = {"arrays": ShardedBlockIndex.from_arrays_slice(embeddings, texts, progress=False),
                "disk": ShardedBlockIndex.from_disk_slice(index_dir, progress=False)}
@@ -80,6 +84,24 @@ def main():
         run(sys.argv[1], sys.argv[2], rank)
     finally:
         dist.destroy_process_group()
+    leftover = gloo_threads()
+    if leftover:
+        sys.exit(f"destroy_process_group left {leftover} gloo threads running: something still holds the group")
+
+
+def gloo_threads() -> int:
+    """How many of gloo's worker threads run in this process (Linux; 0 where /proc is absent)."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return 0
+    names = []
+    for task in os.listdir(tasks):
+        try:
+            with open(os.path.join(tasks, task, "comm")) as file:
+                names.append(file.read().strip())
+        except FileNotFoundError:  # the thread ended while we listed them
+            continue
+    return sum(name.startswith("pt_gloo") for name in names)
 
 
 if __name__ == "__main__":
