@@ -141,10 +141,13 @@ def run_two_processes(args, scratch: Path) -> dict:
 def worker(args) -> None:
     from accelerate import Accelerator
 
+    import index_builder  # noqa: F401  (transformers before the group starts: see index_builder/sharded.py)
+
     accelerator = Accelerator(cpu=True)
     result = measure(args, accelerator)
     if accelerator.is_main_process:
         Path(args.result).write_text(json.dumps(result) + "\n")
+    accelerator.end_training()  # ends the process group while the interpreter is alive
 
 
 def parse_args(argv=None):

@@ -99,6 +99,7 @@ def main(argv=None) -> int:
                    "bytes_on_disk": sum(p.stat().st_size for p in Path(args.output).iterdir()),
                    "output": str(args.output)}
         sys.stdout.write(json.dumps(summary) + "\n")
+    accelerator.end_training()  # ends the process group under `accelerate launch`, before the interpreter exits
     return 0
 
 
