@@ -5,6 +5,7 @@ Every tower is transformers 5's own `BertModel` stored under the name `realm`, s
 """
 
 import contextlib
+import threading
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -101,12 +102,26 @@ def flatten_candidates(*tensors):
     return flat
 
 
+_MODE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def evaluation_mode(module: nn.Module):
-    """Switch `module` to eval mode (no dropout) for the block, then restore its previous mode."""
-    was_training = module.training
-    module.eval()
+    """Switch `module` to eval mode (no dropout) for the block, then restore its previous mode.
+
+    Safe across threads: while several threads are inside for one module, it stays in eval mode; the first one in
+    records the mode and the last one out restores it.
+    """
+    state = module.__dict__  # plain attributes, never parameters or buffers
+    with _MODE_LOCK:
+        if state.get("_evaluation_depth", 0) == 0:
+            state["_evaluation_restore"] = module.training
+            module.eval()
+        state["_evaluation_depth"] = state.get("_evaluation_depth", 0) + 1
     try:
         yield module
     finally:
-        module.train(was_training)
+        with _MODE_LOCK:
+            state["_evaluation_depth"] -= 1
+            if state["_evaluation_depth"] == 0:
+                module.train(state.pop("_evaluation_restore"))

@@ -4,6 +4,8 @@ The index is anything with `search(query_embeddings [batch, dim], k) -> (scores,
 (dicts with block_id, doc_id, title, text) and `get_embeddings(ids)`, such as `index_builder.BlockIndex`.
 """
 
+import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +14,12 @@ import torch
 from tokenization.reader_inputs import ReaderBatch, reader_inputs
 
 from .pretrained import evaluation_mode
+
+# A fast tokenizer keeps its truncation and padding settings as state that each call rewrites, so two threads
+# tokenizing with different settings (questions vs. question + block) can encode with each other's. Answering
+# tokenizes under this lock, which makes answer() and the pipeline safe to call from several threads at once.
+TOKENIZER_LOCK = threading.Lock()
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,11 +59,14 @@ def check_index(index, dimension: int):
                          "(config.retriever_proj_size); use an index built with this model's block embedder.")
 
 
-def tokenize_questions(tokenizer, questions: list[str], max_length: int, device):
+def tokenize_questions(tokenizer, questions: list[str], config, device):
+    """Question tower inputs, truncated to `searcher_seq_len` tokens (and never past the position embeddings)."""
+    max_length = min(config.searcher_seq_len, config.max_position_embeddings)
     if not questions or any(not isinstance(q, str) or not q.strip() for q in questions):
         raise ValueError("Every question must be a non-empty string; got "
                          f"{[q for q in questions if not isinstance(q, str) or not q.strip()][:3]!r}.")
-    encoding = tokenizer(questions, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with TOKENIZER_LOCK:
+        encoding = tokenizer(questions, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return {name: tensor.to(device) for name, tensor in encoding.items()
             if name in ("input_ids", "attention_mask", "token_type_ids")}
 
@@ -88,11 +99,13 @@ def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) 
     passage (`reader_seq_len` tokens, overlapping by a quarter) with zero retrieval score."""
     if not isinstance(context, str) or not context.strip():
         raise ValueError("context must be a non-empty string (or leave it out to retrieve from the index).")
-    tokenize_questions(tokenizer, [question], model.config.searcher_seq_len, model.device)  # validates question
+    tokenize_questions(tokenizer, [question], model.config, model.device)  # validates question
     length = model.config.reader_seq_len
-    encoding = tokenizer(question, context, truncation="only_second", max_length=length, stride=length // 4,
-                         return_overflowing_tokens=True, return_offsets_mapping=True, padding=True,
-                         return_special_tokens_mask=True, return_tensors="pt")
+    question = shortened_question(tokenizer, question, length)
+    with TOKENIZER_LOCK:
+        encoding = tokenizer(question, context, truncation="only_second", max_length=length, stride=length // 4,
+                             return_overflowing_tokens=True, return_offsets_mapping=True, padding=True,
+                             return_special_tokens_mask=True, return_tensors="pt")
     # [windows, seq]
     block_mask = ~encoding["special_tokens_mask"].bool() & encoding["token_type_ids"].bool()
     offsets = torch.where(block_mask.unsqueeze(-1), encoding["offset_mapping"],
@@ -108,16 +121,30 @@ def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) 
     return _top_spans(logits[0], starts, ends, batch, 0, [passage] * windows, top_k)
 
 
+def shortened_question(tokenizer, question: str, length: int) -> str:
+    """`question`, cut at a token boundary so that it fills at most half of a `length`-token reader window (the rest
+    holds the passage; a question longer than the window could not be read with any of it)."""
+    budget = max(1, length // 2 - 2)  # [CLS] question [SEP] passage [SEP]
+    with TOKENIZER_LOCK:
+        offsets = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= budget:
+        return question
+    logger.warning("The question has %d tokens; reading a passage keeps its first %d (half of reader_seq_len=%d).",
+                   len(offsets), budget, length)
+    return question[:offsets[budget - 1][1]]
+
+
 @torch.no_grad()
 def answer_batch(model, tokenizer, questions: list[str], top_k: int) -> list[list[dict]]:
     """Answers for a batch of questions: per question, the `top_k` best spans over its top reader_beam_size blocks."""
     config = model.config
-    inputs = tokenize_questions(tokenizer, questions, config.searcher_seq_len, model.device)
+    inputs = tokenize_questions(tokenizer, questions, config, model.device)
     # [batch, dim]
     question_embeddings = model.embed_questions(**inputs)
     found = retrieve(model, question_embeddings, config.reader_beam_size)
     texts = [[block["text"] for block in row] for row in found.blocks]
-    batch = reader_inputs(tokenizer, questions, texts, config.reader_seq_len).to(model.device)
+    with TOKENIZER_LOCK:
+        batch = reader_inputs(tokenizer, questions, texts, config.reader_seq_len).to(model.device)
     # [batch, rows]
     relevance = torch.einsum("bd,bkd->bk", question_embeddings, found.embeddings)
     # [batch, rows, num_spans]

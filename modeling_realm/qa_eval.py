@@ -49,7 +49,7 @@ def evaluate_openqa(model, tokenizer, records: list[dict], match: str = "string"
 
 @torch.no_grad()
 def _retrieve_deep(model, tokenizer, questions: list[str], depth: int) -> list[list[dict]]:
-    inputs = tokenize_questions(tokenizer, questions, model.config.searcher_seq_len, model.device)
+    inputs = tokenize_questions(tokenizer, questions, model.config, model.device)
     return retrieve(model, model.embed_questions(**inputs), depth).blocks
 
 

@@ -35,7 +35,7 @@ def training_batch(model, tokenizer, questions: list[str], answers: list[list[st
     check_index(model.index, config.retriever_proj_size)
     k = min(num_blocks or config.searcher_beam_size, len(model.index))
     rows = min(config.reader_beam_size, k)
-    inputs = tokenize_questions(tokenizer, questions, config.searcher_seq_len, model.device)
+    inputs = tokenize_questions(tokenizer, questions, config, model.device)
     with torch.no_grad():
         found = retrieve(model, model.embed_questions(**inputs), k)
     texts = [[block["text"] for block in row] for row in found.blocks]

@@ -133,3 +133,60 @@ def test_pipeline_reads_a_given_context_without_retrieval():
     assert answers[0]["score"] >= answers[1]["score"] >= answers[2]["score"]
     with pytest.raises(ValueError, match="2 contexts for 1 questions"):
         qa(question=["who?"], context=["a", "b"])
+
+
+def test_answers_from_many_threads_equal_serial_answers():
+    """answer(), the pipeline and context reading from 8 threads at once on one model and index (issue 7, item 4).
+
+    A fast tokenizer's truncation settings are shared state: without the tokenizer lock, a long question (its
+    question-only and question+block encodings truncate differently) was read with another call's settings in about
+    1 of 200 concurrent calls here. The model starts in training mode, which must be restored once all are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import pipeline
+
+    model, tokenizer, cases = fixture_model("google")
+    qa = pipeline("open-domain-qa", model=model, tokenizer=tokenizer, index=model.index)
+    long_question = "who wrote the letters " + "a b c d e f g h i j k l m n o p " * 20
+    questions = [case["question"] for case in cases["questions"]] + [long_question, "where is the seine?"]
+    context = "paris is the capital of france. " * 6 + "the seine flows through paris."
+    model.train()
+
+    def key(answers):
+        return [(a["block_id"], a["start"], a["end"], round(a["score"], 4)) for a in answers]
+
+    calls = {
+        "answer": lambda q: key(model.answer(q, top_k=2)),
+        "batched": lambda q: key(model.answer([q, long_question], top_k=2, batch_size=2)[0]),
+        "pipeline": lambda q: key(qa(question=q, top_k=2)),
+        "context": lambda q: key(qa(question=q, context=context, top_k=2)),
+    }
+    jobs = [(name, question) for _ in range(12) for name in calls for question in questions]
+    serial = {job: calls[job[0]](job[1]) for job in set(jobs)}
+    assert model.training  # each serial call restored the training mode
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(lambda job: calls[job[0]](job[1]), jobs))
+    assert model.training  # the last thread out restored it
+    mismatched = [job for job, got in zip(jobs, concurrent, strict=True) if got != serial[job]]
+    assert not mismatched, f"{len(mismatched)} of {len(jobs)} concurrent calls differ, e.g. {mismatched[:3]}"
+
+
+def test_a_10000_word_question_is_truncated_not_fatal(caplog):
+    """Questions are cut to searcher_seq_len tokens (never past the position embeddings: this fixture's
+    searcher_seq_len 64 exceeds its 40 positions); reading a given passage keeps half the window for the passage."""
+    from transformers import pipeline
+
+    model, tokenizer, _ = fixture_model("google")
+    assert model.config.searcher_seq_len > model.config.max_position_embeddings
+    question = " ".join(["where"] * 10_000) + " is the seine?"
+    head = " ".join(["where"] * 38)  # what fits in 40 positions with [CLS] and [SEP]
+    assert tokenizer(head).input_ids == tokenizer(question, truncation=True, max_length=40).input_ids
+    long_answer, head_answer = model.answer(question), model.answer(head)  # only the first 38 tokens count
+    assert (long_answer["block_id"], long_answer["start"], long_answer["score"]) == \
+        (head_answer["block_id"], head_answer["start"], head_answer["score"])
+    qa = pipeline("open-domain-qa", model=model, tokenizer=tokenizer)
+    context = "the seine flows through paris. " * 4
+    with caplog.at_level("WARNING", logger="modeling_realm.qa"):
+        answer = qa(question=question, context=context)
+    assert context[answer["start"]:answer["end"]] == answer["answer"] and answer["answer"]
+    assert "keeps its first 14" in caplog.text  # half of reader_seq_len=32, less [CLS] and [SEP]
