@@ -8,6 +8,8 @@ taken with `torch.topk`; their texts come from `block_records`, a numpy object a
 
     /work/venv-ref/bin/python benchmarks/reference_realm4.py search --embeddings E.npy --queries Q.npy --k 5
     /work/venv-ref/bin/python benchmarks/reference_realm4.py serve --embeddings E.npy --queries Q.npy --k 5
+    /work/venv-ref/bin/python benchmarks/reference_realm4.py openqa --checkpoint DIR --num-blocks N \
+        --questions Q.json --count 6
 
 Each prints one JSON object on its last line. This file never runs inside this package's environment.
 """
@@ -86,10 +88,7 @@ def run_serve(args) -> dict:
                          reader_beam_size=args.k)
     model = RealmForOpenQA(config).eval()
     read_npy_into(args.embeddings, model.block_emb)
-    block_records = np.empty(num_blocks, dtype=object)
-    for start in range(0, num_blocks, 65536):
-        stop = min(start + 65536, num_blocks)
-        block_records[start:stop] = [text.encode() for text in block_texts(start, stop, args.seed)]
+    block_records = block_records_of(num_blocks, args.seed)
     queries = load_queries(args.queries)
     fetched = 0
     start = time.perf_counter()
@@ -101,6 +100,41 @@ def run_serve(args) -> dict:
     return {"peak_rss_bytes": peak_rss_bytes(), "num_blocks": num_blocks,
             "seconds_per_query": elapsed / len(queries), "bytes_fetched": fetched,
             "transformers": _transformers_version()}
+
+
+def block_records_of(num_blocks: int, seed: int) -> np.ndarray:
+    """The synthetic block texts as 4.x's `RealmRetriever` holds them: an object array of bytes, all in RAM."""
+    block_records = np.empty(num_blocks, dtype=object)
+    for start in range(0, num_blocks, 65536):  # the chunking of synthetic_embeddings.write_texts
+        stop = min(start + 65536, num_blocks)
+        block_records[start:stop] = [text.encode() for text in block_texts(start, stop, seed)]
+    return block_records
+
+
+def run_openqa(args) -> dict:
+    """4.x end to end: RealmForOpenQA.forward on one question at a time (the only batch size it takes)."""
+    from transformers.models.deprecated.realm import RealmForOpenQA, RealmRetriever, RealmTokenizer
+
+    tokenizer = RealmTokenizer(vocab_file=str(Path(args.checkpoint) / "vocab.txt"))  # the same lower-case WordPiece
+    retriever = RealmRetriever(block_records_of(args.num_blocks, args.seed), tokenizer)
+    model = RealmForOpenQA.from_pretrained(args.checkpoint, retriever=retriever).eval()
+    questions = json.loads(Path(args.queries).read_text())[:args.count]
+
+    def answer(question: str) -> str:
+        inputs = tokenizer([question], return_tensors="pt")
+        output = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
+                       token_type_ids=inputs.token_type_ids, return_dict=True)
+        return tokenizer.decode(output.predicted_answer_ids)
+
+    times, answers = [], []
+    with torch.no_grad():
+        answer(questions[0])  # warm-up
+        for question in questions:
+            start = time.perf_counter()
+            answers.append(answer(question))
+            times.append(time.perf_counter() - start)
+    return {"seconds_per_question": statistics.median(times), "answers": answers,
+            "peak_rss_bytes": peak_rss_bytes(), "transformers": _transformers_version()}
 
 
 def peak_rss_bytes() -> int:
@@ -119,13 +153,20 @@ def _transformers_version() -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["search", "serve"])
-    parser.add_argument("--embeddings", required=True, help="float32 .npy [num_blocks, 128]")
-    parser.add_argument("--queries", required=True, help="float32 .npy [num_queries, 128]")
+    parser.add_argument("mode", choices=["search", "serve", "openqa"])
+    parser.add_argument("--embeddings", help="float32 .npy [num_blocks, 128] (search, serve)")
+    parser.add_argument("--queries", help="float32 .npy [num_queries, 128] (search, serve); questions JSON (openqa)")
     parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic texts (serve)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic texts (serve, openqa)")
+    parser.add_argument("--checkpoint", help="RealmForOpenQA directory with its tokenizer (openqa)")
+    parser.add_argument("--num-blocks", type=int, help="blocks of the synthetic corpus (openqa)")
+    parser.add_argument("--count", type=int, default=6, help="questions to answer (openqa)")
     args = parser.parse_args()
-    result = run_search(args) if args.mode == "search" else run_serve(args)
+    needed = ["checkpoint", "num_blocks", "queries"] if args.mode == "openqa" else ["embeddings", "queries"]
+    missing = [name for name in needed if getattr(args, name) is None]
+    if missing:
+        parser.error(f"{args.mode} needs " + ", ".join("--" + name.replace("_", "-") for name in missing))
+    result = {"search": run_search, "serve": run_serve, "openqa": run_openqa}[args.mode](args)
     print(json.dumps(result))
 
 

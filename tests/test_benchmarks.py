@@ -122,3 +122,18 @@ def test_bench_encoding_quick(tmp_path):
         # timings on a shared CI machine vary too much to compare; check the table is self-consistent
         assert raw_s > 0 and build_s > 0
         assert float(row["overhead %"]) == pytest.approx(100 * (build_s / raw_s - 1), rel=0.01, abs=0.5)
+
+
+def test_bench_openqa_quick(tmp_path):
+    output = run_script("bench_openqa.py", tmp_path)
+    rows = parse_table(output)
+    ours = [row for row in rows if row["side"] == "this package"]
+    assert [row["index"].split(",")[0] for row in ours] == ["Flat (exact)", "IVF256"], output
+    for row in ours:
+        assert float(row["s/question, batch 1"]) > 0 and float(row["questions/s, batch 8"]) > 0
+    reference = [row for row in rows if row["side"] == "transformers 4.57.6"]
+    check_reference_or_reason(output, bool(reference))
+    if reference:
+        # same weights, same blocks, exact search: every answer agrees with 4.57.6's
+        assert ours[0]["answers = 4.57.6"] == "3/3", output
+        assert float(ours[0]["x 4.57.6 (batch 1)"]) > 0
