@@ -76,3 +76,12 @@ def marginal_mlm_loss(prediction_scores, labels, relevance_score, mlm_mask=None)
     # [batch, seq]
     marginal_log_prob = (block_log_prob + token_log_prob).logsumexp(1)
     return -torch.nansum(torch.sum(marginal_log_prob * weights) / torch.sum(weights))
+
+
+def gathered_marginal_loss(token_log_prob: torch.Tensor, block_log_prob: torch.Tensor,
+                           weights: torch.Tensor) -> torch.Tensor:
+    """`losses.marginal_mlm_loss` over the weighted positions only: token and block log-probabilities `[masked, k]`,
+    weights `[masked]`; -sum_pos w * log sum_z p(z|x) p(y_pos|z, x) / sum_pos w (0 when nothing is masked)."""
+    # [masked]
+    marginal_log_prob = (block_log_prob + token_log_prob).logsumexp(1)
+    return -torch.nansum(torch.sum(marginal_log_prob * weights) / torch.sum(weights))

@@ -14,7 +14,8 @@ One training step, in the order the pieces are used:
    query part.
 5. `RealmPretrainingModel.forward` recomputes the relevance scores in torch, query tower (gradients) times the block
    tower (gradients) applied to the retrieved blocks' tokens now, so the masked-LM signal reaches both towers, and
-   returns `marginal_mlm_loss` (the loss of `RealmKnowledgeAugEncoder`) and the retrieval utility.
+   returns the marginal masked-LM loss (the loss of `RealmKnowledgeAugEncoder`, with the MLM head run on the masked
+   positions only) and the retrieval utility.
 
 The null block's score is `query . embed_block("")`: the block tower's embedding of an empty block (`[CLS] [SEP]`),
 as in REALM's code, so it moves with the towers like any block (a learned or zero score would be a constant sink;
@@ -39,7 +40,7 @@ from transformers.utils import ModelOutput
 from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN, block_inputs
 from tokenization.masking import DEFAULT_QUERY_LENGTH, IGNORE_INDEX, MASKINGS, make_masked_batch
 
-from .losses import marginal_mlm_loss
+from .losses import gathered_marginal_loss
 from .pretrained import evaluation_mode, flatten_candidates, run_backbone
 
 logger = logging.getLogger(__name__)
@@ -323,17 +324,24 @@ class RealmPretrainingModel(nn.Module):
                              "candidate_inputs.")
         relevance_score = self.relevance(query_input_ids, query_attention_mask, query_token_type_ids,
                                          block_input_ids, block_attention_mask, block_token_type_ids, num_candidates)
-        mlm_mask = labels != IGNORE_INDEX if mlm_mask is None else mlm_mask.bool()
-        # Only query positions carry labels: run the MLM head on the columns up to the last one with a target.
-        width = int(mlm_mask.any(0).nonzero().max()) + 1 if mlm_mask.any() else 1
+        mlm_mask = labels != IGNORE_INDEX if mlm_mask is None else mlm_mask
+        # The MLM head runs only where a position has weight (the masked tokens, a few per query), never over the
+        # whole query: [batch, k, seq, vocab] logits were most of a step's time and memory.
+        rows, positions = mlm_mask.nonzero(as_tuple=True)
         # [batch * k, seq]
         flat = flatten_candidates(input_ids, attention_mask, token_type_ids)
-        hidden = run_backbone(self.encoder.realm, *flat).last_hidden_state
-        # [batch, k, width, vocab]
-        logits = self.encoder.cls(hidden[:, :width]).view(batch, num_candidates, width, -1)
-        labels, mlm_mask = labels[:, :width], mlm_mask[:, :width]
-        loss = marginal_mlm_loss(logits, labels, relevance_score, mlm_mask)
-        likelihood = candidate_log_likelihood(logits.detach(), labels, mlm_mask)
+        # [batch, k, seq, hidden]
+        hidden = run_backbone(self.encoder.realm, *flat).last_hidden_state.view(batch, num_candidates, -1,
+                                                                                  self.encoder.config.hidden_size)
+        # [masked, k, vocab]: advanced indices on dims 0 and 2 put the masked positions first
+        logits = self.encoder.cls(hidden[rows, :, positions])
+        # [masked, k]
+        token_log_prob = masked_token_log_prob(logits, labels[rows, positions])
+        weights = mlm_mask[rows, positions].to(torch.float32)
+        loss = gathered_marginal_loss(token_log_prob, relevance_score.log_softmax(-1)[rows], weights)
+        # [batch, k]: log p(y|z, x) summed over each query's masked positions
+        likelihood = torch.zeros_like(relevance_score, dtype=torch.float32).index_add(
+            0, rows, token_log_prob.detach() * weights.unsqueeze(-1))
         return RealmPretrainingOutput(loss=loss, relevance_score=relevance_score,
                                       candidate_log_likelihood=likelihood,
                                       retrieval_utility=likelihood[:, 1] - likelihood[:, 0])
@@ -354,16 +362,13 @@ class RealmPretrainingModel(nn.Module):
         return torch.cat([null_score, retrieved_score], dim=1)
 
 
-def candidate_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, mlm_mask: torch.Tensor) -> torch.Tensor:
-    """log p(y|z, x) = sum over masked positions of log p(y_pos|z, x): logits `[b, k, s, vocab]`, labels and mlm_mask
-    `[b, s]` -> `[b, k]` (float32)."""
-    batch, num_candidates, seq, vocab = logits.shape
-    # [b * k * s]
-    targets = labels.clamp(min=0).unsqueeze(1).expand(batch, num_candidates, seq).reshape(-1)
-    # [b, k, s]
-    token_log_prob = -F.cross_entropy(logits.float().reshape(-1, vocab), targets, reduction="none").view(
-        batch, num_candidates, seq)
-    return (token_log_prob * mlm_mask.unsqueeze(1).float()).sum(-1)
+def masked_token_log_prob(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target|z, x) in float32 from logits `[masked, k, vocab]` and targets `[masked]` -> `[masked, k]`; a
+    target of -100 (a weighted position without a label) gives 0, as in `losses.marginal_mlm_loss`."""
+    masked, num_candidates, vocab = logits.shape
+    # [masked * k]
+    expanded = targets.unsqueeze(1).expand(masked, num_candidates).reshape(-1)
+    return -F.cross_entropy(logits.float().reshape(-1, vocab), expanded, reduction="none").view(masked, num_candidates)
 
 
 def freeze_unused_parameters(model: RealmPretrainingModel) -> list[str]:

@@ -49,3 +49,23 @@ def test_marginal_mlm_loss_by_hand():
     torch.testing.assert_close(weighted, torch.tensor(expected))
     # 4.x's default weights every position, and an ignored label contributes log 1 = 0.
     torch.testing.assert_close(marginal_mlm_loss(scores, labels, relevance), torch.tensor(expected / 2))
+
+
+def test_gathered_marginal_loss_equals_the_full_one():
+    """Pretraining's loss over the weighted positions only equals marginal_mlm_loss over every position, weights
+    that cover unlabelled positions (which count in the denominator) included."""
+    from modeling_realm.losses import gathered_marginal_loss
+    from modeling_realm.pretraining import masked_token_log_prob
+
+    torch.manual_seed(0)
+    batch, k, seq, vocab = 3, 4, 7, 11
+    scores, relevance = torch.randn(batch, k, seq, vocab), torch.randn(batch, k)
+    labels = torch.full((batch, seq), -100)
+    labels[0, 2], labels[1, 5], labels[2, 0], labels[2, 6] = 3, 7, 1, 10
+    for weights in (labels != -100, (labels != -100) | (torch.arange(seq) == 4)):
+        rows, positions = weights.nonzero(as_tuple=True)
+        # [masked, k, vocab]
+        gathered = scores[rows, :, positions]
+        loss = gathered_marginal_loss(masked_token_log_prob(gathered, labels[rows, positions]),
+                                      relevance.log_softmax(-1)[rows], weights[rows, positions].float())
+        torch.testing.assert_close(loss, marginal_mlm_loss(scores, labels, relevance, mlm_mask=weights))
