@@ -5,7 +5,8 @@ timing does not depend on their values) whose `block_emb` holds the synthetic co
 same ~1.2 KB block texts:
 
 - this package: `RealmForOpenQA.from_pretrained(checkpoint, index=BlockIndex)` and `answer(questions,
-  batch_size=...)`, once over an exact (Flat) index and once over the compressed IVF-PQ index of bench_search;
+  batch_size=...)`, over an exact (Flat) index, over the compressed IVF-PQ index of bench_search, and over that
+  index inside `torch.autocast(dtype=torch.bfloat16)` (same weights, bfloat16 matrix products);
 - 4.57.6: `RealmForOpenQA.from_pretrained(checkpoint, retriever=RealmRetriever(block_records, tokenizer))`, one
   question per forward (its only batch size), brute force over `block_emb`, texts from an in-RAM object array.
 
@@ -17,6 +18,7 @@ removing spaces and wordpiece marks (4.x decodes token ids; this package returns
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -110,26 +112,33 @@ def child_ours(args) -> dict:
     if args.search_params:
         index.set_search_params(**json.loads(args.search_params))
     model = RealmForOpenQA.from_pretrained(args.checkpoint, index=index)
-    model.answer(questions[:1], batch_size=1)  # warm-up: first-call allocations, FAISS threads
+    autocast = contextlib.nullcontext()
+    if args.bf16:  # what a user writes: torch.autocast around answer()
+        import torch
+
+        autocast = torch.autocast(model.device.type, dtype=torch.bfloat16)
     times, answers = [], []
-    for question in questions[:args.batch1_questions]:
+    with autocast:
+        model.answer(questions[:1], batch_size=1)  # warm-up: first-call allocations, FAISS threads
+        for question in questions[:args.batch1_questions]:
+            start = time.perf_counter()
+            answers.append(model.answer([question], batch_size=1)[0]["answer"])
+            times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        answers.append(model.answer([question], batch_size=1)[0]["answer"])
-        times.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    model.answer(questions, batch_size=args.batch_size)
-    throughput = len(questions) / (time.perf_counter() - start)
+        model.answer(questions, batch_size=args.batch_size)
+        throughput = len(questions) / (time.perf_counter() - start)
     return {"seconds_per_question": float(np.median(times)), "questions_per_second": throughput,
             "answers": answers, "peak_rss_bytes": peak_rss_bytes()}
 
 
-def measure_ours(args, checkpoint: Path, index_dir: Path, questions_file: Path, search_params=None) -> dict:
+def measure_ours(args, checkpoint: Path, index_dir: Path, questions_file: Path, search_params=None,
+                 bf16: bool = False) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--checkpoint", str(checkpoint),
                "--index-dir", str(index_dir), "--questions-file", str(questions_file),
                "--batch1-questions", str(args.batch1_questions), "--batch-size", str(args.batch_size)]
     if search_params:
         command += ["--search-params", json.dumps(search_params)]
-    return run_child(command)
+    return run_child(command + (["--bf16"] if bf16 else []))
 
 
 def measure_reference(args, checkpoint: Path, questions_file: Path) -> tuple[dict | None, str]:
@@ -181,6 +190,7 @@ def parse_args(argv=None):
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     # internal: the measured subprocess of this package
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--checkpoint", "--index-dir", "--questions-file", "--search-params"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -209,9 +219,12 @@ def main(argv=None):
         questions_file = scratch / "questions.json"
         questions_file.write_text(json.dumps(make_questions(args.questions)))
         exact, compressed = ensure_index(work_dir, paths, "Flat"), ensure_index(work_dir, paths, args.compressed)
+        settings = {"nprobe": 16, "rerank": 10}
         ours = {"Flat (exact)": measure_ours(args, checkpoint, exact, questions_file),
                 f"{args.compressed}, nprobe 16, rerank 10": measure_ours(
-                    args, checkpoint, compressed, questions_file, {"nprobe": 16, "rerank": 10})}
+                    args, checkpoint, compressed, questions_file, settings),
+                f"{args.compressed}, nprobe 16, rerank 10, bf16 autocast": measure_ours(
+                    args, checkpoint, compressed, questions_file, settings, bf16=True)}
         reference, note = measure_reference(args, checkpoint, questions_file)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -128,7 +128,8 @@ def test_bench_openqa_quick(tmp_path):
     output = run_script("bench_openqa.py", tmp_path)
     rows = parse_table(output)
     ours = [row for row in rows if row["side"] == "this package"]
-    assert [row["index"].split(",")[0] for row in ours] == ["Flat (exact)", "IVF256"], output
+    assert [row["index"].split(",")[0] for row in ours] == ["Flat (exact)", "IVF256", "IVF256"], output
+    assert ours[2]["index"].endswith("bf16 autocast")
     for row in ours:
         assert float(row["s/question, batch 1"]) > 0 and float(row["questions/s, batch 8"]) > 0
     reference = [row for row in rows if row["side"] == "transformers 4.57.6"]
