@@ -281,7 +281,9 @@ class BlockIndex:
                              "for a single query pass q[None].")
         if queries.shape[1] != self.dimension:
             raise IndexMismatchError(f"Queries have {queries.shape[1]} dimensions but the index holds "
-                                     f"{self.dimension}-d embeddings (built with {self.manifest.embedder_name!r}).")
+                                     f"{self.dimension}-d embeddings (built with {self.manifest.embedder_name!r}); "
+                                     "query with the embedder the index was built for, or rebuild the index with "
+                                     "your model's block embedder.")
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         bad = ~np.isfinite(queries).all(axis=1)
         if bad.any():
@@ -394,8 +396,14 @@ def _new_manifest(index, factory, embedder, embedder_name, search_params) -> Man
 def _block_batches(blocks: datasets.Dataset, embeddings, size: int = 65536):
     for start in range(0, len(blocks), size):
         rows = blocks[start:start + size]
-        yield record_batch(rows["block_id"], rows["doc_id"], rows["title"], rows["text"],
-                           embeddings[start:start + len(rows["block_id"])])
+        # [rows, dimension], checked chunk by chunk (a NaN row fails the build before anything replaces the target)
+        chunk = np.asarray(embeddings[start:start + len(rows["block_id"])])
+        bad = ~np.isfinite(chunk).all(axis=1)
+        if bad.any():
+            raise ValueError(f"embeddings contain NaN or inf in rows {(start + np.flatnonzero(bad))[:10].tolist()}; "
+                             "an index of them would return garbage. Check the embedder's dtype (fp16 overflow) "
+                             "and inputs.")
+        yield record_batch(rows["block_id"], rows["doc_id"], rows["title"], rows["text"], chunk)
 
 
 def _write_index_files(directory: Path, index, manifest: Manifest):

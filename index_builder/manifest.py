@@ -75,7 +75,8 @@ class Manifest:
         for name, expected in self.files.items():
             path = directory / name
             if not path.exists():
-                raise IndexMismatchError(f"{path} is missing but listed in the manifest; the index is incomplete.")
+                raise IndexMismatchError(f"{path} is missing but listed in the manifest; the index is incomplete. "
+                                         "Rebuild or re-download the index.")
             size = path.stat().st_size
             if size != expected["bytes"]:
                 raise IndexMismatchError(f"{path} has {size} bytes but the manifest says {expected['bytes']}: the file "

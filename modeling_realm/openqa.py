@@ -65,7 +65,13 @@ class RealmForOpenQA(RealmPreTrainedModel):
         if self.tokenizer is None:
             from transformers import AutoTokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+            if len(tokenizer) < self.config.vocab_size // 2:  # e.g. only the special tokens: every word is [UNK]
+                raise ValueError(f"The tokenizer found at {self.name_or_path!r} has {len(tokenizer)} tokens for a "
+                                 f"model of {self.config.vocab_size}: the checkpoint was saved without its tokenizer "
+                                 "files. Pass one with RealmForOpenQA.from_pretrained(path, tokenizer=tokenizer), or "
+                                 "save it next to the model with tokenizer.save_pretrained(path).")
+            self.tokenizer = tokenizer
         return self.tokenizer
 
     def _init_weights(self, module):

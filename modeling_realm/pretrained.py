@@ -12,6 +12,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertModel
 
+from .checkpoint_checks import check_local_checkpoint
 from .configuration import RealmConfig
 from .sharing import push_model, save_for_sharing
 
@@ -39,6 +40,14 @@ class RealmPreTrainedModel(PreTrainedModel):
 
     def _resolve_return_dict(self, return_dict):
         return return_dict if return_dict is not None else self.config.return_dict
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`; a local directory is checked first (config.json present, safetensors
+        readable, saved by a class whose weights this one uses: `checkpoint_checks`)."""
+        check_local_checkpoint(pretrained_model_name_or_path, cls.__name__,
+                               config_given=kwargs.get("config") is not None)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, tokenizer=None, model_card: bool = True, **kwargs):
         """transformers' `save_pretrained` (model.safetensors, config.json), plus what sharing needs.

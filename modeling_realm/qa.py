@@ -67,6 +67,14 @@ def tokenize_questions(tokenizer, questions: list[str], config, device):
                          f"{[q for q in questions if not isinstance(q, str) or not q.strip()][:3]!r}.")
     with TOKENIZER_LOCK:
         encoding = tokenizer(questions, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    full = encoding["attention_mask"].sum(1) == max_length  # [batch]: may have been cut
+    if full.any():
+        with TOKENIZER_LOCK:
+            lengths = [len(ids) for ids in tokenizer([q for q, f in zip(questions, full.tolist(), strict=True) if f])
+                       ["input_ids"]]
+        if max(lengths) > max_length:
+            logger.warning("A question has %d tokens; the question tower reads its first %d (searcher_seq_len, "
+                           "capped by max_position_embeddings): the question is truncated.", max(lengths), max_length)
     return {name: tensor.to(device) for name, tensor in encoding.items()
             if name in ("input_ids", "attention_mask", "token_type_ids")}
 

@@ -338,8 +338,14 @@ def _raw_records(path: Path, question_field: str, answer_field: str) -> Iterator
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, object, str | None]]:
-    with open(path, encoding="utf-8-sig") as file:
-        for number, line in enumerate(file, start=1):
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                yield f"line {number}", None, (f"not valid UTF-8 (byte {raw[error.start]:#04x} at column "
+                                               f"{error.start + 1}); re-encode the file as UTF-8")
+                continue
             if not line.strip():
                 continue
             try:

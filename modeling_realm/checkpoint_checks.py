@@ -1,0 +1,50 @@
+"""Checks of a local checkpoint directory before transformers loads it, so that common mistakes fail with a message
+that names the file and the fix instead of a size-mismatch report or a deserialisation error.
+
+Only local directories are checked (Hub ids are resolved and verified by huggingface_hub); nothing here reads
+tensors: a safetensors header is parsed, config.json is read as JSON.
+"""
+
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+# Classes none of whose weights another REALM class's checkpoint holds: loading one from another class's checkpoint
+# would leave every weight freshly initialised.
+OWN_WEIGHTS_ONLY = {"RealmForOpenQA"}
+
+
+def check_local_checkpoint(path, class_name: str, config_given: bool = False) -> None:
+    """Raise when the directory `path` lacks config.json, holds an unreadable safetensors file, or was saved by a
+    class whose weights `class_name` cannot use; do nothing for Hub ids and other non-directories."""
+    directory = Path(path) if isinstance(path, (str, Path)) else None
+    if directory is None or not directory.is_dir():
+        return
+    config_file = directory / "config.json"
+    if not config_file.exists():
+        if config_given:
+            return
+        raise FileNotFoundError(f"{directory} has no config.json, so the model's sizes are unknown. Restore the "
+                                "config.json saved with these weights, or pass config=RealmConfig(...) to "
+                                "from_pretrained.")
+    for weights in sorted(directory.glob("*.safetensors")):
+        _check_safetensors_header(weights)
+    _check_architecture(directory, json.loads(config_file.read_text()), class_name)
+
+
+def _check_safetensors_header(weights: Path) -> None:
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            handle.keys()
+    except SafetensorError as error:
+        raise ValueError(f"{weights} cannot be read ({error}): the file is truncated or corrupted (an interrupted "
+                         "download or save); re-download it or save the model again.") from error
+
+
+def _check_architecture(directory: Path, config: dict, class_name: str) -> None:
+    saved = config.get("architectures") or []
+    if class_name in OWN_WEIGHTS_ONLY and saved and class_name not in saved:
+        raise ValueError(f"{directory} holds a {saved[0]} checkpoint, not a {class_name} one: loading it as "
+                         f"{class_name} would initialise every weight at random. Load it with "
+                         f"{saved[0]}.from_pretrained, or point to a {class_name} checkpoint.")
