@@ -348,10 +348,15 @@ def _as_matrix(embeddings, name: str, dimension: int | None = None) -> np.ndarra
         raise ValueError(f"{name} must have shape [num_blocks, dimension], got {matrix.shape}.")
     if dimension is not None and matrix.shape[1] != dimension:
         raise IndexMismatchError(f"{name} have {matrix.shape[1]} dimensions but the index holds {dimension}.")
+    return _check_finite(matrix, name)
+
+
+def _check_finite(matrix: np.ndarray, name: str, first_row: int = 0) -> np.ndarray:
+    """`matrix` `[rows, dimension]`, or a ValueError naming its NaN/inf rows (numbered from `first_row`)."""
     bad = ~np.isfinite(matrix).all(axis=1)
     if bad.any():
-        raise ValueError(f"{name} contain NaN or inf in rows {np.flatnonzero(bad)[:10].tolist()}; an index of them "
-                         "would return garbage. Check the embedder's dtype (fp16 overflow) and inputs.")
+        raise ValueError(f"{name} contain NaN or inf in rows {(first_row + np.flatnonzero(bad))[:10].tolist()}; an "
+                         "index of them would return garbage. Check the embedder's dtype (fp16 overflow) and inputs.")
     return matrix
 
 
@@ -397,12 +402,7 @@ def _block_batches(blocks: datasets.Dataset, embeddings, size: int = 65536):
     for start in range(0, len(blocks), size):
         rows = blocks[start:start + size]
         # [rows, dimension], checked chunk by chunk (a NaN row fails the build before anything replaces the target)
-        chunk = np.asarray(embeddings[start:start + len(rows["block_id"])])
-        bad = ~np.isfinite(chunk).all(axis=1)
-        if bad.any():
-            raise ValueError(f"embeddings contain NaN or inf in rows {(start + np.flatnonzero(bad))[:10].tolist()}; "
-                             "an index of them would return garbage. Check the embedder's dtype (fp16 overflow) "
-                             "and inputs.")
+        chunk = _check_finite(np.asarray(embeddings[start:start + len(rows["block_id"])]), "embeddings", start)
         yield record_batch(rows["block_id"], rows["doc_id"], rows["title"], rows["text"], chunk)
 
 

@@ -71,11 +71,10 @@ def marginal_mlm_loss(prediction_scores, labels, relevance_score, mlm_mask=None)
     # [batch, k, seq]
     token_log_prob = -F.cross_entropy(prediction_scores.reshape(-1, vocab), targets, reduction="none").view(
         batch, k, seq_len)
-    # [batch, k, 1]
-    block_log_prob = relevance_score.log_softmax(-1).unsqueeze(-1)
-    # [batch, seq]
-    marginal_log_prob = (block_log_prob + token_log_prob).logsumexp(1)
-    return -torch.nansum(torch.sum(marginal_log_prob * weights) / torch.sum(weights))
+    # [batch * seq, k]: every position, as gathered_marginal_loss takes them
+    token_log_prob = token_log_prob.transpose(1, 2).reshape(-1, k)
+    block_log_prob = relevance_score.log_softmax(-1).repeat_interleave(seq_len, dim=0)
+    return gathered_marginal_loss(token_log_prob, block_log_prob, weights.reshape(-1))
 
 
 def gathered_marginal_loss(token_log_prob: torch.Tensor, block_log_prob: torch.Tensor,

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import regex
 
+from .jsonl import jsonl_values
+
 logger = logging.getLogger(__name__)
 
 REGEX_FLAGS = re.IGNORECASE | re.UNICODE | re.MULTILINE
@@ -338,20 +340,8 @@ def _raw_records(path: Path, question_field: str, answer_field: str) -> Iterator
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, object, str | None]]:
-    with open(path, "rb") as file:
-        for number, raw in enumerate(file, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                yield f"line {number}", None, (f"not valid UTF-8 (byte {raw[error.start]:#04x} at column "
-                                               f"{error.start + 1}); re-encode the file as UTF-8")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield f"line {number}", json.loads(line), None
-            except json.JSONDecodeError as error:
-                yield f"line {number}", None, f"invalid JSON ({error.msg} at column {error.colno})"
+    for number, record, problem in jsonl_values(path):
+        yield f"line {number}", record, problem
 
 
 def _squad_records(path: Path, articles: list, question_field: str, answer_field: str):

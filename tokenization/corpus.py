@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .jsonl import jsonl_values
+
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the cached Arrow layout or the checks change
@@ -176,26 +178,14 @@ def _first_char(path: Path) -> str:
 
 
 def _jsonl_records(path: Path):
-    with open(path, "rb") as file:
-        for number, raw in enumerate(file, start=1):
-            location = f"{path}, line {number}"
-            try:
-                line = raw.decode("utf-8").lstrip("\ufeff").strip()
-            except UnicodeDecodeError as error:
-                yield location, None, (f"not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1}); "
-                                       "re-encode the file as UTF-8")
-                continue
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                yield location, None, f"invalid JSON ({error.msg} at column {error.colno})"
-                continue
-            if isinstance(record, dict):
-                yield location, record, None
-            else:
-                yield location, None, f"expected a JSON object, got {type(record).__name__}"
+    for number, record, problem in jsonl_values(path):
+        location = f"{path}, line {number}"
+        if problem is not None:
+            yield location, None, problem
+        elif isinstance(record, dict):
+            yield location, record, None
+        else:
+            yield location, None, f"expected a JSON object, got {type(record).__name__}"
 
 
 def _json_array_records(path: Path):
