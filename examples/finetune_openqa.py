@@ -25,12 +25,9 @@ OUTPUT_DIR/final holds the last weights, OUTPUT_DIR/metrics.json the per-epoch t
 """
 
 import argparse
-import json
 import logging
 import math
 import os
-import re
-import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -44,20 +41,19 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from index_builder import BlockIndex
-from index_builder.storage import atomic_directory, atomic_write_bytes
+from index_builder.storage import atomic_directory
 from modeling_realm import RealmForOpenQA
 from modeling_realm.qa_training import training_batch
 from tokenization import RealmTokenizerFast
 from tokenization.qa_metrics import evaluate_predictions
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling helper module, also when imported
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling helper modules, also when imported
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoints import checkpoint_to_resume, load_trainer_state, write_json  # noqa: E402
+from checkpoints import save_checkpoint as save_checkpoint_dir  # noqa: E402
 from openqa_data import collate, load_qa  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "trainer_state.json"
-CHECKPOINT = re.compile(r"^step_(\d+)$")
 
 
 def parse_args(argv=None):
@@ -163,38 +159,9 @@ def plan_steps(args, num_examples: int, num_processes: int) -> tuple[int, int, i
 
 
 # ------------------------------------------------------------------------------------------------------ checkpoints
-def checkpoint_to_resume(output_dir: Path, resume: str) -> Path:
-    if resume != "latest":
-        path = Path(resume)
-        if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{path} is not a checkpoint of this script (no {STATE_FILE}); pass a step_N "
-                                    f"directory written with --checkpointing-steps, or 'latest'.")
-        return path
-    found = [p for p in output_dir.glob("step_*") if CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
-    if not found:
-        raise FileNotFoundError(f"--resume-from-checkpoint latest: no step_N checkpoint in {output_dir}; train with "
-                                "--checkpointing-steps first or leave the flag out.")
-    return max(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
-
-
 def save_checkpoint(run):
-    """`save_state` into a temporary directory, then rename it to output_dir/step_N (all processes take part)."""
-    accelerator, output_dir = run.accelerator, Path(run.args.output_dir)
-    state = {**run.state, "epoch_loss": epoch_loss(run)}
-    final = output_dir / f"step_{state['completed_steps']}"
-    staging = output_dir / f".{final.name}.tmp"
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json(staging / STATE_FILE, state)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        logger.info("Saved checkpoint %s", final)
-    accelerator.wait_for_everyone()
+    """Checkpoint the run into output_dir/step_N (all processes take part; see checkpoints.py)."""
+    save_checkpoint_dir(run.accelerator, Path(run.args.output_dir), {**run.state, "epoch_loss": epoch_loss(run)})
 
 
 def save_model(run, directory: Path, metrics: dict):
@@ -205,10 +172,6 @@ def save_model(run, directory: Path, metrics: dict):
             run.tokenizer.save_pretrained(staging)
             write_json(staging / "metrics.json", metrics)
     run.accelerator.wait_for_everyone()
-
-
-def write_json(path: Path, value):
-    atomic_write_bytes(path, json.dumps(value, indent=2).encode())
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -324,7 +287,7 @@ def end_epoch(run: Run):
 def resume(run: Run, checkpoint: Path):
     """Reload the accelerator state and the loop's position; the epoch's loss so far goes to the main process."""
     run.accelerator.load_state(str(checkpoint))
-    state = json.loads((checkpoint / STATE_FILE).read_text())
+    state = load_trainer_state(checkpoint)
     loss = state.pop("epoch_loss", [0.0, 0.0])
     if run.accelerator.is_main_process:
         run.tally = torch.tensor(loss, dtype=torch.float64)

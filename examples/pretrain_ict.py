@@ -32,12 +32,10 @@ scores the initial model, index in OUTPUT_DIR/index_initial).
 """
 
 import argparse
-import json
 import logging
 import math
 import os
-import re
-import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +48,7 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from index_builder import build_index
 from index_builder.build import with_block_ids
-from index_builder.storage import atomic_directory, atomic_write_bytes
+from index_builder.storage import atomic_directory
 from modeling_realm.ict import (
     DEFAULT_KEEP_PROB,
     DEFAULT_QUERY_LENGTH,
@@ -66,10 +64,12 @@ from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN
 from tokenization.blocks import DEFAULT_MAX_BLOCK_LENGTH
 from tokenization.qa_metrics import DEFAULT_KS, gold_block_recall
 
-logger = logging.getLogger(__name__)
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling helper modules, also when imported
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoints import checkpoint_to_resume, load_trainer_state, write_json  # noqa: E402
+from checkpoints import save_checkpoint as save_checkpoint_dir  # noqa: E402
 
-STATE_FILE = "trainer_state.json"
-CHECKPOINT = re.compile(r"^step_(\d+)$")
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv=None):
@@ -240,44 +240,15 @@ def plan_steps(args, num_examples: int, num_processes: int) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------------------ checkpoints
-def checkpoint_to_resume(output_dir: Path, resume: str) -> Path:
-    if resume != "latest":
-        path = Path(resume)
-        if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{path} is not a checkpoint of this script (no {STATE_FILE}); pass a step_N "
-                                    f"directory written with --checkpointing-steps, or 'latest'.")
-        return path
-    found = [p for p in output_dir.glob("step_*") if CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
-    if not found:
-        raise FileNotFoundError(f"--resume-from-checkpoint latest: no step_N checkpoint in {output_dir}; train with "
-                                "--checkpointing-steps first or leave the flag out.")
-    return max(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
-
-
 def save_checkpoint(run):
-    """`save_state` into a temporary directory, then rename it to output_dir/step_N (all processes take part)."""
-    accelerator, output_dir = run.accelerator, Path(run.args.output_dir)
-    state = {**run.state, "window": reduced_window(run)}
-    final = output_dir / f"step_{state['completed_steps']}"
-    staging = output_dir / f".{final.name}.tmp"
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json(staging / STATE_FILE, state)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        logger.info("Saved checkpoint %s", final)
-    accelerator.wait_for_everyone()
+    """Checkpoint the run into output_dir/step_N (all processes take part; see checkpoints.py)."""
+    save_checkpoint_dir(run.accelerator, Path(run.args.output_dir), {**run.state, "window": reduced_window(run)})
 
 
 def resume(run, checkpoint: Path):
     """Reload the accelerator state, the data position and the unlogged loss window (kept by the main process)."""
     run.accelerator.load_state(str(checkpoint))
-    state = json.loads((checkpoint / STATE_FILE).read_text())
+    state = load_trainer_state(checkpoint)
     window = state.pop("window")
     if run.accelerator.is_main_process:
         run.window = torch.tensor(window, dtype=torch.float64, device=run.accelerator.device)
@@ -294,10 +265,6 @@ def save_model(run, directory: Path, metrics: dict):
             run.tokenizer.save_pretrained(staging)
             write_json(staging / "metrics.json", metrics)
     run.accelerator.wait_for_everyone()
-
-
-def write_json(path: Path, value):
-    atomic_write_bytes(path, json.dumps(value, indent=2).encode())
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation

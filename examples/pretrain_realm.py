@@ -54,12 +54,10 @@ steps) fit one GPU and a short run.
 """
 
 import argparse
-import json
 import logging
 import math
 import os
-import re
-import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +71,7 @@ from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, get_linear_
 from index_builder import BlockIndex
 from index_builder.blocks_table import TEXT_COLUMNS
 from index_builder.refresh import DEFAULT_REFRESH_EVERY, DEFAULT_RERANK_FACTOR, MODES, IndexRefresher
-from index_builder.storage import atomic_directory, atomic_write_bytes
+from index_builder.storage import atomic_directory
 from modeling_realm import RealmKnowledgeAugEncoder
 from modeling_realm.convert import realm_config_from_bert
 from modeling_realm.loading import demo_model_path, load_retriever
@@ -90,10 +88,12 @@ from tokenization import add_salient_spans, load_corpus
 from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN
 from tokenization.masking import DEFAULT_QUERY_LENGTH, MASKINGS
 
-logger = logging.getLogger(__name__)
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling helper modules, also when imported
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoints import checkpoint_to_resume, load_trainer_state, write_json  # noqa: E402
+from checkpoints import save_checkpoint as save_checkpoint_dir  # noqa: E402
 
-STATE_FILE = "trainer_state.json"
-CHECKPOINT = re.compile(r"^step_(\d+)$")
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv=None):
@@ -284,45 +284,17 @@ def make_refresher(args, accelerator, index, retriever, tokenizer) -> IndexRefre
 
 
 # ------------------------------------------------------------------------------------------------------ checkpoints
-def checkpoint_to_resume(output_dir: Path, resume: str) -> Path:
-    if resume != "latest":
-        path = Path(resume)
-        if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"{path} is not a checkpoint of this script (no {STATE_FILE}); pass a step_N "
-                                    f"directory written with --checkpointing-steps, or 'latest'.")
-        return path
-    found = [p for p in output_dir.glob("step_*") if CHECKPOINT.match(p.name) and (p / STATE_FILE).is_file()]
-    if not found:
-        raise FileNotFoundError(f"--resume-from-checkpoint latest: no step_N checkpoint in {output_dir}; train with "
-                                "--checkpointing-steps first or leave the flag out.")
-    return max(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
-
-
 def save_checkpoint(run):
-    """`save_state` into a temporary directory, then rename it to output_dir/step_N (all processes take part)."""
-    accelerator, output_dir = run.accelerator, Path(run.args.output_dir)
+    """Checkpoint the run into output_dir/step_N (all processes take part; see checkpoints.py)."""
     state = {**run.state, "window": reduced_window(run), "refresh": run.refresher.state_dict()}
-    final = output_dir / f"step_{state['completed_steps']}"
-    staging = output_dir / f".{final.name}.tmp"
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json(staging / STATE_FILE, state)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        logger.info("Saved checkpoint %s", final)
-    accelerator.wait_for_everyone()
+    save_checkpoint_dir(run.accelerator, Path(run.args.output_dir), state)
 
 
 def resume(run, checkpoint: Path):
     """Reload the accelerator state (weights, optimizer, scheduler, RNG), the data position, the index version and
     the unlogged metrics window (kept by the main process)."""
     run.accelerator.load_state(str(checkpoint))
-    state = json.loads((checkpoint / STATE_FILE).read_text())
+    state = load_trainer_state(checkpoint)
     window = state.pop("window")
     run.refresher.load_state_dict(state.pop("refresh"), state["completed_steps"])
     if run.accelerator.is_main_process:
@@ -341,10 +313,6 @@ def save_models(run, metrics: dict):
                 getattr(model, name).save_pretrained(staging / name, tokenizer=run.tokenizer)
             write_json(staging / "metrics.json", metrics)
     run.accelerator.wait_for_everyone()
-
-
-def write_json(path: Path, value):
-    atomic_write_bytes(path, json.dumps(value, indent=2).encode())
 
 
 # ------------------------------------------------------------------------------------------------------ training

@@ -33,10 +33,13 @@ def atomic_directory(target, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _swap_into_place(staging, target)
+    replace_directory(staging, target)
 
 
-def _swap_into_place(staging: Path, target: Path):
+def replace_directory(staging, target) -> None:
+    """Move the complete directory `staging` to `target`, replacing what is there (the old copy is renamed aside
+    first, so a reader never sees a half-deleted `target`)."""
+    staging, target = Path(staging), Path(target)
     previous = None
     if target.exists():
         previous = target.parent / f"{target.name}.previous-{uuid.uuid4().hex[:8]}"
