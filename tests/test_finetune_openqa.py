@@ -60,8 +60,11 @@ def write_jsonl(path: Path, pairs) -> Path:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    return make_workdir(tmp_path_factory.mktemp("finetune_openqa"))
+
+
+def make_workdir(root: Path) -> Path:
     """A tiny RealmForOpenQA (dropout 0) with its tokenizer, a Flat BlockIndex of its blocks, train/dev jsonl."""
-    root = tmp_path_factory.mktemp("finetune_openqa")
     cases = json.loads((FIXTURE / "openqa_cases.json").read_text())
     model = RealmForOpenQA.from_pretrained(FIXTURE, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model.save_pretrained(root / "model")

@@ -62,9 +62,12 @@ def words(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    return make_workdir(tmp_path_factory.mktemp("pretrain_ict"))
+
+
+def make_workdir(root: Path) -> Path:
     """Invented biographies (corpus.jsonl), questions with their gold document (qa.jsonl), and a tiny untrained
     RealmRetriever with one shared tower and a word-level vocabulary of the corpus (model/)."""
-    root = tmp_path_factory.mktemp("pretrain_ict")
     people = invent_people(NUM_PEOPLE)
     docs, qa = documents(people), questions(people)
     vocab = sorted({w for d in docs for w in words(d["title"] + " " + d["text"])} |
