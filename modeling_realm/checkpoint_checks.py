@@ -28,9 +28,11 @@ def check_local_checkpoint(path, class_name: str, config_given: bool = False) ->
         raise FileNotFoundError(f"{directory} has no config.json, so the model's sizes are unknown. Restore the "
                                 "config.json saved with these weights, or pass config=RealmConfig(...) to "
                                 "from_pretrained.")
+    config = json.loads(config_file.read_text())
     for weights in sorted(directory.glob("*.safetensors")):
         _check_safetensors_header(weights)
-    _check_architecture(directory, json.loads(config_file.read_text()), class_name)
+        _check_sizes(weights, config)
+    _check_architecture(directory, config, class_name)
 
 
 def _check_safetensors_header(weights: Path) -> None:
@@ -40,6 +42,32 @@ def _check_safetensors_header(weights: Path) -> None:
     except SafetensorError as error:
         raise ValueError(f"{weights} cannot be read ({error}): the file is truncated or corrupted (an interrupted "
                          "download or save); re-download it or save the model again.") from error
+
+
+# Tensor name suffix -> the config fields its shape must equal, dimension by dimension.
+SIZED_TENSORS = {
+    "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
+    "embeddings.position_embeddings.weight": ("max_position_embeddings", "hidden_size"),
+    "embeddings.token_type_embeddings.weight": ("type_vocab_size", "hidden_size"),
+    "intermediate.dense.weight": ("intermediate_size", "hidden_size"),
+}
+
+
+def _check_sizes(weights: Path, config: dict) -> None:
+    """config.json's sizes against the shapes in a safetensors header (a hand-edited or mismatched config.json
+    otherwise fails deep inside transformers with a size-mismatch report)."""
+    with safe_open(str(weights), framework="pt") as handle:
+        for name in handle.keys():
+            fields = next((f for suffix, f in SIZED_TENSORS.items() if name.endswith(suffix)), None)
+            if fields is None:
+                continue
+            shape = handle.get_slice(name).get_shape()
+            for field, size in zip(fields, shape):
+                if field in config and config[field] != size:
+                    raise ValueError(f"{weights.parent / 'config.json'} says {field}={config[field]}, but the weights "
+                                     f"in {weights.name} were saved with {field}={size} ({name} has shape "
+                                     f"{list(shape)}). Restore the config.json saved with these weights (or set "
+                                     f"{field} to {size}).")
 
 
 def _check_architecture(directory: Path, config: dict, class_name: str) -> None:

@@ -5,9 +5,22 @@ which transformers 4.x only kept as loose attributes) with the defaults transfor
 fields transformers 5's BERT modules read (`is_decoder`, `add_cross_attention`, `use_cache`).
 """
 
+import dataclasses
+import difflib
+import logging
+
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
+
+logger = logging.getLogger(__name__)
+
+# Keys a config.json or from_pretrained may carry that are not dataclass fields but that PreTrainedConfig reads.
+SERIALIZATION_KEYS = frozenset({
+    "model_type", "transformers_version", "_name_or_path", "name_or_path", "_commit_hash", "torch_dtype", "dtype",
+    "num_labels", "output_attentions", "attn_implementation", "experts_implementation", "per_layer_config",
+    "auto_map", "_attn_implementation_autoset", "rope_scaling", "rope_theta",
+})
 
 
 @strict
@@ -73,6 +86,10 @@ class RealmConfig(PreTrainedConfig):
     add_cross_attention: bool = False
     tie_word_embeddings: bool = True
 
+    def __post_init__(self, **kwargs):
+        _warn_unknown_fields(kwargs)
+        super().__post_init__(**kwargs)
+
     def validate_positive_sizes(self):
         names = ("vocab_size", "hidden_size", "retriever_proj_size", "num_hidden_layers", "num_attention_heads",
                  "num_candidates", "intermediate_size", "max_position_embeddings", "type_vocab_size",
@@ -117,6 +134,18 @@ class RealmConfig(PreTrainedConfig):
                 f"RealmConfig.max_span_width ({self.max_span_width}) cannot exceed "
                 f"RealmConfig.reader_seq_len ({self.reader_seq_len})."
             )
+
+
+def _warn_unknown_fields(kwargs: dict) -> None:
+    """Log the keyword arguments no REALM model reads (a misspelt field is kept as an attribute, as transformers
+    does for every config, so the mistake would otherwise pass silently)."""
+    known = {f.name for f in dataclasses.fields(RealmConfig)}
+    ignored = SERIALIZATION_KEYS | set(GenerationConfig._get_default_generation_params())
+    for name in sorted(set(kwargs) - known - ignored):
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        logger.warning("RealmConfig got an unknown field %r: %sit is kept as an attribute, but no REALM model "
+                       "reads it.", name, hint)
 
 
 __all__ = ["RealmConfig"]
