@@ -273,14 +273,14 @@ def plan_steps(args, num_examples: int, num_processes: int) -> int:
     return total
 
 
-def make_refresher(args, accelerator, index, retriever, tokenizer) -> IndexRefresher:
+def make_refresher(args, accelerator, index, retriever, tokenizer, optimizer) -> IndexRefresher:
     work_dir = Path(args.index_work_dir or Path(args.output_dir) / "index_versions")
     env = {} if args.refresh_visible_devices is None else {"CUDA_VISIBLE_DEVICES": args.refresh_visible_devices}
     return IndexRefresher(index, retriever, tokenizer, work_dir, mode=args.refresh_mode, every=args.refresh_every,
                           rerank_factor=args.rerank_factor, block_length=args.block_max_length,
                           batch_size=args.refresh_batch_size, mixed_precision=accelerator.mixed_precision,
                           accelerator=accelerator, device=args.refresh_device, worker_env=env,
-                          keep_versions=args.keep_index_versions)
+                          keep_versions=args.keep_index_versions, optimizer=optimizer)
 
 
 # ------------------------------------------------------------------------------------------------------ checkpoints
@@ -421,7 +421,8 @@ def setup(args) -> Run:
     loader = DataLoader(queries, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
                         collate_fn=collator, num_workers=args.dataloader_num_workers)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    refresher = make_refresher(args, accelerator, index, accelerator.unwrap_model(model).retriever, tokenizer)
+    refresher = make_refresher(args, accelerator, index, accelerator.unwrap_model(model).retriever, tokenizer,
+                               optimizer)
     logger.info("%d queries; %d optimizer steps of %d x %d processes x %d accumulation; top-k %d; refresh %s every "
                 "%d steps", len(queries), total_steps, args.per_device_train_batch_size, accelerator.num_processes,
                 args.gradient_accumulation_steps, args.top_k, args.refresh_mode, args.refresh_every)
@@ -461,7 +462,8 @@ def main(argv=None) -> dict:
     metrics = {"completed_steps": state["completed_steps"], "num_processes": run.accelerator.num_processes,
                "refresh_mode": args.refresh_mode, "index_version": refresher.version,
                "index_directory": None if refresher.index.directory is None else str(refresher.index.directory),
-               "refreshes": refresher.refreshes, "refresh_failures": refresher.failures, "history": state["history"]}
+               "refreshes": refresher.refreshes, "refresh_failures": refresher.failures,
+               "refresh_wait_seconds": refresher.wait_seconds, "history": state["history"]}
     save_models(run, metrics)
     if run.accelerator.is_main_process:
         write_json(output_dir / "metrics.json", metrics)

@@ -7,13 +7,15 @@ call it, as in Atlas; the library only rebuilds and swaps):
 - `"sync"`: every `every` steps training pauses, every process encodes its share of the blocks with the current block
   tower (`build_index`), and the new index replaces the old one before the next step. Deterministic: a resumed run
   continues exactly as the uninterrupted one.
-- `"async"` (REALM's recipe): every `every` steps the main process saves the block tower (a temporary directory
-  renamed into place) and starts a separate worker process (`python -m index_builder.refresh`) that re-encodes the
-  blocks with it into a new version directory (`atomic_directory`: complete or absent) and then points the `latest`
-  file (written atomically) at it. Between steps the trainer only reads that small file (`after_step`); when it names
-  a newer version, the new index is loaded and swapped in. Training never waits for the worker. A worker that fails
-  is logged with the end of its log and training goes on with the old index. A refresh that falls due while the
-  worker is busy starts as soon as it finishes, with the newest block tower (REALM's refresher also ran back to back).
+- `"async"` (REALM's recipe): every `every` steps the main process snapshots the block tower (`TowerSnapshot`: the
+  weights are copied while the next step computes, when the refresher knows the optimizer, and saved by a background
+  thread into a directory renamed into place) and then starts a separate worker process (`python -m
+  index_builder.refresh`) that re-encodes the blocks with it into a new version directory (`atomic_directory`:
+  complete or absent) and then points the `latest` file (written atomically) at it. Between steps the trainer only
+  reads that small file (`after_step`); when it names a newer version, the new index is loaded and swapped in.
+  Training never waits for the worker. A worker that fails is logged with the end of its log and training goes on
+  with the old index. A refresh that falls due while the worker is busy starts as soon as it finishes, with the
+  newest block tower (REALM's refresher also ran back to back).
 - `"rerank"`: no rebuild; each query retrieves `rerank_factor * k` blocks from the stale index, those blocks are
   re-embedded with the current block tower and the best k under the current towers are kept.
 
@@ -51,7 +53,8 @@ from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN
 from .block_index import BlockIndex
 from .blocks_table import TEXT_COLUMNS
 from .build import build_index
-from .storage import atomic_directory, atomic_write_bytes
+from .storage import atomic_write_bytes
+from .tower_snapshot import TowerSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +79,16 @@ class IndexRefresher:
         accelerator: the trainer's `accelerate.Accelerator` when several processes train (None for one).
         device, worker_env: where the async worker encodes, and extra environment variables for it.
         keep_versions: how many version directories to keep (older ones are deleted after a swap).
+        optimizer: the trainer's optimizer (async mode): the block tower's weights are then copied for the worker
+            while the next step computes, and its `step` waits for the copy (normally long finished; the seconds
+            waited add up in `wait_seconds`). Without it the copy is taken inside `after_step`.
     """
 
     def __init__(self, index: BlockIndex, retriever, tokenizer, work_dir=None, mode: str = "async",
                  every: int = DEFAULT_REFRESH_EVERY, rerank_factor: int = DEFAULT_RERANK_FACTOR,
                  block_length: int = DEFAULT_BLOCK_SEQ_LEN, batch_size: int = 64, mixed_precision: str = "no",
-                 accelerator=None, device: str | None = None, worker_env: dict | None = None, keep_versions: int = 2):
+                 accelerator=None, device: str | None = None, worker_env: dict | None = None, keep_versions: int = 2,
+                 optimizer=None):
         if mode not in MODES:
             raise ValueError(f"refresh mode {mode!r} is not one of {MODES}.")
         if every < 1 or rerank_factor < 1 or keep_versions < 1:
@@ -102,6 +109,12 @@ class IndexRefresher:
         self.version, self.index_step, self.refreshes, self.failures = 0, 0, 0, 0
         self.pending = None  # the step of a due async refresh that waits for the busy worker
         self._worker = None  # (Popen, version, step, tower directory, log path)
+        self._snapshot = None  # (TowerSnapshot, version, step) being saved for the next worker
+        self.wait_seconds = 0.0  # optimizer steps spent waiting for a snapshot's copy
+        self._hook = None
+        if mode == "async" and optimizer is not None and self._is_main:
+            inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+            self._hook = inner.register_step_pre_hook(self._before_optimizer_step)
         self._largest_document = _largest_document(index) if mode == "rerank" else 0
         self._protected = None  # the version the last checkpoint names: never deleted
         self._floor = 0  # versions up to this one are not swapped in (another run's leftovers)
@@ -184,9 +197,10 @@ class IndexRefresher:
         """What a checkpoint needs to resume with the same index (JSON). The version it names is kept on disk (not
         cleaned up) until the next `state_dict` call, so the newest checkpoint can always be resumed."""
         self._protected = self.version
+        started = self._worker or self._snapshot  # a killed worker (or snapshot) restarts on resume
         return {"mode": self.mode, "version": self.version, "index_step": self.index_step,
                 "directory": None if self.index.directory is None else str(self.index.directory),
-                "pending": self.pending if self._worker is None else self._worker[2],  # a killed worker restarts
+                "pending": self.pending if started is None else started[2],
                 "refreshes": self.refreshes, "failures": self.failures}
 
     def load_state_dict(self, state: dict, step: int) -> None:
@@ -212,6 +226,16 @@ class IndexRefresher:
 
     def close(self, wait: bool = False) -> None:
         """Stop (or, with `wait`, finish) a running worker; call at the end of training."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._snapshot is not None:
+            self._snapshot[0].join()
+            if wait:
+                self._start_worker()
+            else:
+                shutil.rmtree(self._snapshot[0].directory, ignore_errors=True)
+                self._snapshot = None
         if self._worker is None:
             return
         process = self._worker[0]
@@ -231,15 +255,35 @@ class IndexRefresher:
         """Main process: reap a finished worker, start a pending one, and return a newer `latest.json`, if any."""
         if self._worker is not None and self._worker[0].poll() is not None:
             self._reap()
-        if self._worker is None and self.pending is not None:
+        if self._snapshot is not None and self._snapshot[0].done:
+            self._start_worker()
+        if self._worker is None and self._snapshot is None and self.pending is not None:
             self._launch(self.pending)
         pointer = read_latest(self.work_dir)
         return pointer if pointer is not None and pointer["version"] > max(self.version, self._floor) else None
 
     def _launch(self, step: int) -> None:
+        """Snapshot the block tower for version `step`'s worker (started by `_poll` once the snapshot is saved)."""
         version = max(self.version, (read_latest(self.work_dir) or {}).get("version", 0)) + 1
         tower = self.work_dir / "towers" / f"step_{step}"
-        self._save_tower(tower)
+        snapshot = TowerSnapshot(self.retriever.embedder, self.tokenizer, tower, copy_now=self._hook is None)
+        self._snapshot, self.pending = (snapshot, version, step), None
+
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if self._snapshot is not None:
+            self.wait_seconds += self._snapshot[0].wait_for_copy()
+
+    def _start_worker(self) -> None:
+        snapshot, version, step = self._snapshot
+        self._snapshot = None
+        tower = snapshot.directory
+        if snapshot.error is not None:
+            self.failures += 1
+            shutil.rmtree(tower, ignore_errors=True)
+            logger.error("Could not save the block tower of step %d for index refresh %d (%s: %s); training "
+                         "continues on index version %d.", step, version, type(snapshot.error).__name__,
+                         snapshot.error, self.version)
+            return
         log = self.work_dir / f"worker-v{version}.log"
         command = [sys.executable, "-m", "index_builder.refresh", "--tower", str(tower), "--source", str(self.source),
                    "--work-dir", str(self.work_dir), "--version", str(version), "--step", str(step),
@@ -248,15 +292,9 @@ class IndexRefresher:
         with open(log, "w") as handle:
             process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
                                        env={**os.environ, **self.worker_env})
-        self._worker, self.pending = (process, version, step, tower, log), None
+        self._worker = (process, version, step, tower, log)
         logger.info("Index refresh worker started (pid %d): version %d from the block tower of step %d", process.pid,
                     version, step)
-
-    def _save_tower(self, tower: Path) -> None:
-        """The current block tower and tokenizer, in a directory that appears complete or not at all."""
-        with atomic_directory(tower, overwrite=True) as staging:
-            self.retriever.embedder.save_pretrained(staging, model_card=False)
-            self.tokenizer.save_pretrained(staging)
 
     def _reap(self) -> None:
         process, version, step, tower, log = self._worker

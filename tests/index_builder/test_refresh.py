@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from index_builder import BlockIndex
+from index_builder import BlockIndex, refresh
 from index_builder.refresh import LATEST, IndexRefresher, read_latest
+from index_builder.tower_snapshot import TowerSnapshot
 from modeling_realm.pretraining import embed_blocks_now, retrieve_blocks
 from tests.helpers import perturb_
 from tests.modeling_realm.test_pretraining import make_world
@@ -112,14 +113,14 @@ def test_async_refresh_swaps_without_waiting_and_survives_a_failed_worker(world,
                                block_length=64, worker_env={"OMP_NUM_THREADS": "1"})
     original_index = refresher.index
     perturb_(retriever.embedder, scale=0.2)
-    save_tower = IndexRefresher._save_tower
 
-    def corrupted(self, tower):
-        save_tower(self, tower)
-        (tower / "config.json").write_text("{ not json")
+    class CorruptedSnapshot(TowerSnapshot):
+        def _run(self, *args):
+            super()._run(*args)
+            (self.directory / "config.json").write_text("{ not json")
 
     # 1. A worker that cannot load its block tower: logged, and training goes on with the old index.
-    monkeypatch.setattr(IndexRefresher, "_save_tower", corrupted)
+    monkeypatch.setattr(refresh, "TowerSnapshot", CorruptedSnapshot)
     caplog.set_level(logging.INFO, logger="index_builder.refresh")
     started = time.perf_counter()
     assert refresher.after_step(2) is False
@@ -131,7 +132,7 @@ def test_async_refresh_swaps_without_waiting_and_survives_a_failed_worker(world,
     assert retrieve_blocks(refresher.index, np.ones((1, 16), np.float32), 2).block_ids.shape == (1, 2)
 
     # 2. A good worker: its version appears atomically and is swapped in between two steps.
-    monkeypatch.setattr(IndexRefresher, "_save_tower", save_tower)
+    monkeypatch.setattr(refresh, "TowerSnapshot", TowerSnapshot)
     assert refresher.after_step(4) is False  # starts the worker and returns at once
     expected = current_embeddings(world)
     perturb_(retriever.embedder, scale=0.2, seed=1)  # training goes on while the worker encodes the step-4 tower
