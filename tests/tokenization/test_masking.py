@@ -397,3 +397,31 @@ def test_argument_errors(fixture_tokenizer):
         find_salient_spans("a", backend="stanza")
     with pytest.raises(TypeError, match="rng must be"):
         make_masked_batch(fixture_tokenizer, ["a"], "random_token", rng="seed")
+
+
+@pytest.fixture
+def real_spacy_pipeline(tmp_path, clear_spacy_caches):
+    """A real spaCy English pipeline on disk whose entity recognizer is an entity ruler (no model download)."""
+    spacy = pytest.importorskip("spacy", reason="the `ner` extra (spaCy) is not installed")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("entity_ruler").add_patterns([
+        {"label": "PERSON", "pattern": "Ada Lovelace"}, {"label": "GPE", "pattern": "London"},
+        {"label": "ORG", "pattern": "Royal Society"}, {"label": "CARDINAL", "pattern": "two"}])
+    nlp.to_disk(tmp_path / "pipeline")
+    return str(tmp_path / "pipeline")
+
+
+def test_a_real_spacy_pipeline_finds_the_spans_of_every_block(real_spacy_pipeline):
+    texts = ["Ada Lovelace was born in London on 10 December 1815. She wrote two notes for the Royal Society.",
+             "Nothing salient here at all."]
+    blocks = add_salient_spans(Dataset.from_list([{"text": t} for t in texts]), backend="spacy",
+                               spacy_model=real_spacy_pipeline)
+    first = texts[0]
+    assert blocks["salient_spans"][:] == [
+        [list(at(first, "Ada Lovelace")), list(at(first, "London")), list(at(first, "10 December 1815")),
+         list(at(first, "Royal Society"))],  # CARDINAL is not salient
+        []]
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # one span per sentence, inside it
+        chosen = salient_spans_per_sentence(first, rng, spans=[tuple(s) for s in blocks["salient_spans"][0]])
+        assert len(chosen) == 2 and chosen[0][1] <= first.index("She") <= chosen[1][0]
