@@ -12,7 +12,8 @@ call it, as in Atlas; the library only rebuilds and swaps):
   thread into a directory renamed into place) and then starts a separate worker process (`python -m
   index_builder.refresh`) that re-encodes the blocks with it into a new version directory (`atomic_directory`:
   complete or absent) and then points the `latest` file (written atomically) at it. Between steps the trainer only
-  reads that small file (`after_step`); when it names a newer version, the new index is loaded and swapped in.
+  reads that small file (`after_step`); when it names a newer version, the new index is loaded (by a background
+  thread when one process trains: `IndexLoad`) and swapped in.
   Training never waits for the worker. A worker that fails is logged with the end of its log and training goes on
   with the old index. A refresh that falls due while the worker is busy starts as soon as it finishes, with the
   newest block tower (REALM's refresher also ran back to back).
@@ -53,6 +54,7 @@ from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN
 from .block_index import BlockIndex
 from .blocks_table import TEXT_COLUMNS
 from .build import build_index
+from .index_load import IndexLoad
 from .storage import atomic_write_bytes
 from .tower_snapshot import TowerSnapshot
 
@@ -110,6 +112,7 @@ class IndexRefresher:
         self.pending = None  # the step of a due async refresh that waits for the busy worker
         self._worker = None  # (Popen, version, step, tower directory, log path)
         self._snapshot = None  # (TowerSnapshot, version, step) being saved for the next worker
+        self._loading = None  # IndexLoad of a finished version (one process: loaded in the background)
         self.wait_seconds = 0.0  # optimizer steps spent waiting for a snapshot's copy
         self._hook = None
         if mode == "async" and optimizer is not None and self._is_main:
@@ -167,6 +170,8 @@ class IndexRefresher:
             return False
         if due and self._is_main:
             self.pending = step
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return self._swap_when_loaded(self._poll())
         newest = self._poll() if self._is_main else None
         newest = self._broadcast(newest)
         return newest is not None and self._swap(newest)
@@ -308,19 +313,31 @@ class IndexRefresher:
                      "version %d. End of %s:\n%s", version, step, process.returncode, self.version, log, tail)
 
     def _swap(self, pointer: dict) -> bool:
-        directory = self.work_dir / pointer["directory"]
-        started = time.perf_counter()
-        try:
-            index = BlockIndex.load_from_disk(directory, verify=False)
-        except (OSError, ValueError) as error:
-            self.failures += 1
-            logger.error("Could not load refreshed index %s (%s); training continues on version %d.", directory,
-                         error, self.version)
+        """Load the version `pointer` names and swap it in now (several processes: all at the same step)."""
+        load = IndexLoad(self.work_dir / pointer["directory"], pointer)
+        load.join()
+        return self._install_loaded(load)
+
+    def _swap_when_loaded(self, pointer: dict | None) -> bool:
+        """One process: load a newer version in the background and swap it in once loaded (never waiting)."""
+        if self._loading is None and pointer is not None:
+            self._loading = IndexLoad(self.work_dir / pointer["directory"], pointer)
+        if self._loading is None or not self._loading.done:
             return False
-        self._install(index, pointer["version"], pointer["step"])
+        load, self._loading = self._loading, None
+        return self._install_loaded(load)
+
+    def _install_loaded(self, load: IndexLoad) -> bool:
+        if load.error is not None:
+            self.failures += 1
+            self._floor = max(self._floor, load.pointer["version"])  # not tried again; a newer version will be
+            logger.error("Could not load refreshed index %s (%s); training continues on version %d.",
+                         load.directory, load.error, self.version)
+            return False
+        self._install(load.index, load.pointer["version"], load.pointer["step"])
         self.refreshes += 1
-        logger.info("Swapped in index version %d (block tower of step %d) in %.2fs", pointer["version"],
-                    pointer["step"], time.perf_counter() - started)
+        logger.info("Swapped in index version %d (block tower of step %d), loaded in %.2fs",
+                    load.pointer["version"], load.pointer["step"], load.seconds)
         return True
 
     def _install(self, index: BlockIndex, version: int, step: int) -> None:

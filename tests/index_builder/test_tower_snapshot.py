@@ -1,6 +1,7 @@
 """The block tower snapshot of the asynchronous refresh (index_builder.tower_snapshot): the saved tower is the one of
 the step the refresh fell due even when the weights change right after, the optimizer's step waits for the copy
-(and only for it), tied weights stay tied, and a snapshot that cannot be saved is a logged, counted failure."""
+(and only for it), tied weights stay tied, and a snapshot that cannot be saved is a logged, counted failure. With one
+training process a refreshed index is loaded in the background (index_builder.index_load), also failing loudly."""
 
 import logging
 import time
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from index_builder import refresh, tower_snapshot
+from index_builder import BlockIndex, refresh, tower_snapshot
 from index_builder.refresh import IndexRefresher
 from index_builder.tower_snapshot import TowerSnapshot, copy_state
 from modeling_realm import RealmEmbedder
@@ -115,4 +116,57 @@ def test_a_tower_that_cannot_be_saved_is_a_logged_failure(world, tmp_path, caplo
                for r in caplog.records)
     assert not list((tmp_path / "versions" / "towers").glob("step_*"))
     np.testing.assert_array_equal(refresher.index.get_embeddings([0]), world["index"].get_embeddings([0]))
+    refresher.close()
+
+
+def test_one_process_loads_a_refreshed_index_in_the_background(world, tmp_path, monkeypatch):
+    from index_builder import index_load
+    from index_builder.refresh import write_latest
+
+    work_dir = tmp_path / "versions"
+    refresher = IndexRefresher(world["index"], world["retriever"], world["tokenizer"], work_dir, mode="async",
+                               every=1000, block_length=64)
+    newer = BlockIndex.from_arrays(world["index"].get_embeddings(np.arange(len(world["index"]))) * 2,
+                                   world["index"].blocks["text"][:], progress=False)
+    newer.save_to_disk(work_dir / "v000001")
+    write_latest(work_dir, 1, "v000001", 3)  # what a worker writes when it finishes
+    load = BlockIndex.load_from_disk
+
+    def slow_load(*args, **kwargs):
+        time.sleep(COPY_DELAY_S)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(index_load.BlockIndex, "load_from_disk", slow_load)
+    durations, swapped, step = [], False, 3
+    while not swapped:
+        step += 1
+        started = time.perf_counter()
+        swapped = refresher.after_step(step)
+        durations.append(time.perf_counter() - started)
+        time.sleep(0.05)  # a training step
+        assert step < 100, "the refreshed index was never swapped in"
+    assert max(durations) < COPY_DELAY_S / 2 and len(durations) > 2  # the load ran while steps went on
+    assert refresher.version == 1 and refresher.index_step == 3 and refresher.refreshes == 1
+    np.testing.assert_array_equal(refresher.index.get_embeddings([0]), world["index"].get_embeddings([0]) * 2)
+    refresher.close()
+
+
+def test_a_refreshed_version_that_does_not_load_is_a_logged_failure(world, tmp_path, caplog):
+    from index_builder.refresh import write_latest
+
+    work_dir = tmp_path / "versions"
+    refresher = IndexRefresher(world["index"], world["retriever"], world["tokenizer"], work_dir, mode="async",
+                               every=1000, block_length=64)
+    (work_dir / "v000001").mkdir(parents=True)  # not a BlockIndex directory
+    write_latest(work_dir, 1, "v000001", 3)
+    caplog.set_level(logging.ERROR, logger=refresh.__name__)
+    for step in range(4, 50):  # the failed load is reported at the first step after it ended
+        assert refresher.after_step(step) is False
+        if refresher.failures:
+            break
+        time.sleep(0.02)
+    for later in range(step + 1, step + 4):  # the broken version is not tried again at every step
+        assert refresher.after_step(later) is False
+    assert refresher.failures == 1 and refresher.version == 0 and refresher.index is world["index"]
+    assert any("Could not load refreshed index" in r.getMessage() for r in caplog.records)
     refresher.close()
