@@ -415,7 +415,8 @@ def scale_table(costs: dict) -> str:
     rows = [[f"due: start the block tower snapshot ({tower}) - blocks", costs["start_snapshot_s"]],
             ["background: copy the weights - the next optimizer step waits for what is left", costs["copy_tower_s"]],
             ["background: copy + save weights and tokenizer - never waited for", costs["save_tower_s"]],
-            [f"swap: load the refreshed index ({costs['index_blocks']:,} blocks, {costs['index_factory']})",
+            [f"swap: load the refreshed index ({costs['index_blocks']:,} blocks, {costs['index_factory']}) - "
+             "background with one process, blocks with several",
              costs["load_index_s"]]]
     return markdown_table(["async call at scale", "s"], rows)
 
