@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.helpers import SHARED_DATA
 from tests.test_benchmarks import parse_table
@@ -63,6 +64,19 @@ def test_fixed_random_blocks_never_hold_the_answer_and_stay_fixed(world):
     for row, ids, blocks in zip(rows, first.block_ids, first.blocks, strict=True):
         assert row["person"] not in ids and len(set(ids.tolist())) == 5
         assert [block["block_id"] for block in blocks] == ids.tolist()
+
+
+def test_towers_option_shares_or_separates_the_retriever_towers(world):
+    world, args = world
+    shared, _ = pretraining_learns.fresh_models(args, world["tokenizer"])
+    assert args.towers == "shared" and shared.query_embedder is shared.embedder  # the default: one tower
+    separate, _ = pretraining_learns.fresh_models(pretraining_learns.parse_args(["--quick", "--towers", "separate"]),
+                                                  world["tokenizer"])
+    assert separate.query_embedder is not separate.embedder
+    tokens = world["tokenizer"]([world["blocks"][0]["text"]], return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # one tower: a text embeds the same as a query and as a block
+        torch.testing.assert_close(shared.embed_queries(tokens), shared.embed_blocks(tokens))
+        assert not torch.allclose(separate.embed_queries(tokens), separate.embed_blocks(tokens))
 
 
 @pytest.mark.slow
