@@ -170,7 +170,7 @@ class IndexRefresher:
             return False
         if due and self._is_main:
             self.pending = step
-        if self.accelerator is None or self.accelerator.num_processes == 1:
+        if self._single_process:
             return self._swap_when_loaded(self._poll())
         newest = self._poll() if self._is_main else None
         newest = self._broadcast(newest)
@@ -354,8 +354,12 @@ class IndexRefresher:
     def _is_main(self) -> bool:
         return self.accelerator is None or self.accelerator.is_main_process
 
+    @property
+    def _single_process(self) -> bool:
+        return self.accelerator is None or self.accelerator.num_processes == 1
+
     def _broadcast(self, value):
-        if self.accelerator is None or self.accelerator.num_processes == 1:
+        if self._single_process:
             return value
         from accelerate.utils import broadcast_object_list
 

@@ -8,7 +8,6 @@ tokenizer through `atomic_directory`, in that thread; `IndexRefresher` waits for
 pre-hook and starts the worker once the save is done.
 """
 
-import logging
 import threading
 import time
 from pathlib import Path
@@ -16,8 +15,6 @@ from pathlib import Path
 import torch
 
 from .storage import atomic_directory
-
-logger = logging.getLogger(__name__)
 
 
 def copy_state(embedder) -> dict[str, torch.Tensor]:

@@ -30,15 +30,15 @@ def check_local_checkpoint(path, class_name: str, config_given: bool = False) ->
                                 "from_pretrained.")
     config = json.loads(config_file.read_text())
     for weights in sorted(directory.glob("*.safetensors")):
-        _check_safetensors_header(weights)
-        _check_sizes(weights, config)
+        _check_sizes(weights, _read_safetensors_header(weights), config)
     _check_architecture(directory, config, class_name)
 
 
-def _check_safetensors_header(weights: Path) -> None:
+def _read_safetensors_header(weights: Path) -> dict[str, list[int]]:
+    """The shape of every tensor in `weights`, from its header alone (the file is opened once)."""
     try:
         with safe_open(str(weights), framework="pt") as handle:
-            handle.keys()
+            return {name: handle.get_slice(name).get_shape() for name in handle.keys()}
     except SafetensorError as error:
         raise ValueError(f"{weights} cannot be read ({error}): the file is truncated or corrupted (an interrupted "
                          "download or save); re-download it or save the model again.") from error
@@ -53,21 +53,17 @@ SIZED_TENSORS = {
 }
 
 
-def _check_sizes(weights: Path, config: dict) -> None:
+def _check_sizes(weights: Path, shapes: dict[str, list[int]], config: dict) -> None:
     """config.json's sizes against the shapes in a safetensors header (a hand-edited or mismatched config.json
     otherwise fails deep inside transformers with a size-mismatch report)."""
-    with safe_open(str(weights), framework="pt") as handle:
-        for name in handle.keys():
-            fields = next((f for suffix, f in SIZED_TENSORS.items() if name.endswith(suffix)), None)
-            if fields is None:
-                continue
-            shape = handle.get_slice(name).get_shape()
-            for field, size in zip(fields, shape):
-                if field in config and config[field] != size:
-                    raise ValueError(f"{weights.parent / 'config.json'} says {field}={config[field]}, but the weights "
-                                     f"in {weights.name} were saved with {field}={size} ({name} has shape "
-                                     f"{list(shape)}). Restore the config.json saved with these weights (or set "
-                                     f"{field} to {size}).")
+    for name, shape in shapes.items():
+        fields = next((f for suffix, f in SIZED_TENSORS.items() if name.endswith(suffix)), ())
+        for field, size in zip(fields, shape):
+            if field in config and config[field] != size:
+                raise ValueError(f"{weights.parent / 'config.json'} says {field}={config[field]}, but the weights "
+                                 f"in {weights.name} were saved with {field}={size} ({name} has shape "
+                                 f"{list(shape)}). Restore the config.json saved with these weights (or set "
+                                 f"{field} to {size}).")
 
 
 def _check_architecture(directory: Path, config: dict, class_name: str) -> None:

@@ -7,6 +7,7 @@ fields transformers 5's BERT modules read (`is_decoder`, `add_cross_attention`, 
 
 import dataclasses
 import difflib
+import functools
 import logging
 
 from huggingface_hub.dataclasses import strict
@@ -136,11 +137,19 @@ class RealmConfig(PreTrainedConfig):
             )
 
 
+@functools.cache
+def _field_names() -> tuple[frozenset, frozenset]:
+    """RealmConfig's fields, and the other keys PreTrainedConfig consumes (computed once per process)."""
+    known = frozenset(f.name for f in dataclasses.fields(RealmConfig))
+    return known, SERIALIZATION_KEYS | frozenset(GenerationConfig._get_default_generation_params())
+
+
 def _warn_unknown_fields(kwargs: dict) -> None:
     """Log the keyword arguments no REALM model reads (a misspelt field is kept as an attribute, as transformers
     does for every config, so the mistake would otherwise pass silently)."""
-    known = {f.name for f in dataclasses.fields(RealmConfig)}
-    ignored = SERIALIZATION_KEYS | set(GenerationConfig._get_default_generation_params())
+    if not kwargs:
+        return
+    known, ignored = _field_names()
     for name in sorted(set(kwargs) - known - ignored):
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""

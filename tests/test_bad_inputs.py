@@ -120,11 +120,12 @@ def _truncate(path: Path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def _edit_manifest(**changes):
+def _edit_json(file_name: str, **changes):
+    """A damage function that updates the JSON file `file_name` of a directory with `changes`."""
     def damage(directory: Path):
-        manifest = json.loads((directory / "manifest.json").read_text())
-        manifest.update(changes)
-        (directory / "manifest.json").write_text(json.dumps(manifest))
+        record = json.loads((directory / file_name).read_text())
+        record.update(changes)
+        (directory / file_name).write_text(json.dumps(record))
 
     return damage
 
@@ -169,15 +170,6 @@ def _checkpoint(tmp, edit=None, cls=RealmEmbedder) -> Path:
     if edit is not None:
         edit(directory)
     return directory
-
-
-def _edit_config(**changes):
-    def edit(directory: Path):
-        config = json.loads((directory / "config.json").read_text())
-        config.update(changes)
-        (directory / "config.json").write_text(json.dumps(config))
-
-    return edit
 
 
 def _without_tokenizer(tmp):
@@ -313,7 +305,7 @@ CATALOGUE = [
          "'hidden_size'\\? it is kept as an attribute", check=lambda config: config.hidden_size == 768),
     Case("config-json-inconsistent-sizes", "config", "config.json says hidden_size=64, the weights are 32-d",
          lambda tmp: (lambda d: lambda: RealmEmbedder.from_pretrained(d))(
-             _checkpoint(tmp, _edit_config(hidden_size=64))), error=ValueError,
+             _checkpoint(tmp, _edit_json("config.json", hidden_size=64))), error=ValueError,
          match="config.json says hidden_size=64, but the weights in model.safetensors were saved with hidden_size=32"
                ".*Restore the config.json saved with these weights"),
     # ------------------------------------------------------------ checkpoints
@@ -347,10 +339,10 @@ CATALOGUE = [
          lambda tmp: _damaged_index(tmp, lambda d: (d / "index.faiss").unlink()), error=ValueError,
          match="index.faiss is missing.*(rebuild|re-download)"),
     Case("index-manifest-mismatch", "index", "manifest.json edited to claim 7 blocks",
-         lambda tmp: _damaged_index(tmp, _edit_manifest(num_blocks=7)), error=ValueError,
+         lambda tmp: _damaged_index(tmp, _edit_json("manifest.json", num_blocks=7)), error=ValueError,
          match=r"inconsistent: index.faiss holds 6 vectors, the manifest says 7.*Rebuild or re-download"),
     Case("index-manifest-other-version", "index", "a manifest from another format version",
-         lambda tmp: _damaged_index(tmp, _edit_manifest(format_version=99)), error=ValueError,
+         lambda tmp: _damaged_index(tmp, _edit_json("manifest.json", format_version=99)), error=ValueError,
          match="format_version 99; this package reads version 1. Rebuild the index"),
     Case("index-manifest-missing", "index", "a directory without manifest.json",
          lambda tmp: _damaged_index(tmp, lambda d: (d / "manifest.json").unlink()), error=FileNotFoundError,
