@@ -21,7 +21,7 @@ from .blocks_table import (
     record_batch,
     write_blocks,
 )
-from .exact import exact_top_k
+from .exact import exact_top_k, gemm_top_k
 from .manifest import BLOCKS_FILE, FAISS_FILE, MANIFEST, IndexMismatchError, Manifest
 from .storage import atomic_directory, recover_directory
 
@@ -139,6 +139,11 @@ class BlockIndex:
     def _search(self, queries: np.ndarray, k: int):
         rerank = self.manifest.search_params.get(faiss_utils.RERANK, 0)
         candidates = min(len(self), k * rerank) if rerank > 1 else k
+        flat = faiss_utils.flat_views(self.faiss_index) if len(queries) >= faiss_utils.SMALL_BATCH else None
+        if flat is not None:  # exact index, batch of queries: torch's matrix product beats FAISS's scan 3x
+            vectors, ids = flat
+            scores, rows = gemm_top_k(queries, vectors, k)
+            return scores, ids[rows]
         with faiss_utils.threads_for(len(queries)):
             scores, ids = self.faiss_index.search(queries, candidates)
         incomplete = (ids < 0).any(axis=1)

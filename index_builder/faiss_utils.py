@@ -91,6 +91,23 @@ def set_search_params(index, params: dict):
                              f"({type(index).__name__}); nprobe is for IVF indices, efSearch for HNSW.") from error
 
 
+def flat_views(index):
+    """`(vectors [n, d] float32, ids [n] int64)` viewing an exact inner-product index's memory, or None.
+
+    Only for `IDMap2,Flat` (what a `Flat` factory builds). The views share FAISS's buffers: use them before the
+    index changes (an `add` may move them).
+    """
+    if not isinstance(index, faiss.IndexIDMap2):
+        return None
+    flat = faiss.downcast_index(index.index)
+    if not isinstance(flat, faiss.IndexFlat) or flat.metric_type != faiss.METRIC_INNER_PRODUCT or not index.ntotal:
+        return None
+    n, d = int(flat.ntotal), int(flat.d)
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+    ids = faiss.rev_swig_ptr(index.id_map.data(), n)
+    return vectors, ids
+
+
 def default_search_params(index, factory: str = "") -> dict:
     """Query-time defaults better than FAISS's (nprobe=1, efSearch=16): nprobe=min(nlist, 32), efSearch=128,
     and for product-quantised indices an exact re-scoring of the top 10 * k candidates (rerank=10)."""

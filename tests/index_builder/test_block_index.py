@@ -61,6 +61,40 @@ def test_exact_search_equals_numpy_brute_force():
     assert ids.dtype == np.int64 and scores.dtype == np.float32
 
 
+def test_batched_exact_search_by_matrix_product_matches_faiss(monkeypatch):
+    """Batches of >= 16 queries on a Flat index are scored by torch matrix products over FAISS's own vectors."""
+    from index_builder import exact
+
+    monkeypatch.setattr(exact, "GEMM_SCORES_PER_CHUNK", 64 * 37)  # 37-row chunks: many partial top-k merges
+    embeddings, _ = clustered(1000)
+    index = BlockIndex.from_arrays(embeddings, texts_for(1000), progress=False)
+    index.remove(list(range(0, 1000, 7)))  # ids no longer equal rows
+    index.add(embeddings[:3] * 2, texts_for(3))  # new ids after a gap
+    queries = np.random.default_rng(2).normal(size=(64, 32)).astype(np.float32)
+    used = []
+    monkeypatch.setattr(exact, "_keep_top", lambda *a, _real=exact._keep_top: used.append(1) or _real(*a))
+    for k in (1, 10, 60):
+        scores, ids = index.search(queries, k=k)
+        faiss_scores, faiss_ids = index.faiss_index.search(queries, k)
+        np.testing.assert_array_equal(ids, faiss_ids)
+        np.testing.assert_allclose(scores, faiss_scores, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(index.search(queries[:4], k=k)[1], faiss_ids[:4])  # FAISS path
+    assert used, "the matrix-product path did not run"
+
+
+def test_matrix_product_search_orders_equal_scores_by_row():
+    from index_builder.exact import gemm_top_k
+
+    vectors = np.ones((50, 4), dtype=np.float32)
+    vectors[[40, 10]] *= 2
+    scores, rows = gemm_top_k(np.ones((3, 4), dtype=np.float32), vectors, k=5)
+    for query_rows in rows.tolist():
+        # the two best in row order, then three of the 48 tied rows (which three is unspecified), ascending
+        assert query_rows[:2] == [10, 40] and query_rows[2:] == sorted(set(query_rows[2:]))
+        assert not {10, 40} & set(query_rows[2:])
+    np.testing.assert_array_equal(scores, [[8, 8, 4, 4, 4]] * 3)
+
+
 @pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ8", "HNSW32"])
 def test_approximate_indices_keep_recall_at_documented_defaults(factory):
     """At the default knobs (nprobe=min(nlist, 32), efSearch=128, rerank=10 for PQ) recall@5 >= 0.9 of exact."""
