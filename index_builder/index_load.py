@@ -1,8 +1,7 @@
 """Loading a refreshed index in a background thread, so that swapping it in costs the trainer nothing.
 
-`IndexRefresher` (async mode, one training process) starts an `IndexLoad` when the worker's new version appears and
-installs the loaded index at the first `after_step` after the load finished. With several processes the load stays
-synchronous: every process must swap at the same step.
+`IndexRefresher` (async mode) starts an `IndexLoad` when the worker's new version appears and installs the loaded
+index at the first `after_step` after the load finished (with several processes: after it finished on all of them).
 """
 
 import threading

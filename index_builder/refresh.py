@@ -12,8 +12,8 @@ call it, as in Atlas; the library only rebuilds and swaps):
   thread into a directory renamed into place) and then starts a separate worker process (`python -m
   index_builder.refresh`) that re-encodes the blocks with it into a new version directory (`atomic_directory`:
   complete or absent) and then points the `latest` file (written atomically) at it. Between steps the trainer only
-  reads that small file (`after_step`); when it names a newer version, the new index is loaded (by a background
-  thread when one process trains: `IndexLoad`) and swapped in.
+  reads that small file (`after_step`); when it names a newer version, the new index is loaded by a background
+  thread (`IndexLoad`) and swapped in at the first step after it is loaded.
   Training never waits for the worker. A worker that fails is logged with the end of its log and training goes on
   with the old index. A refresh that falls due while the worker is busy starts as soon as it finishes, with the
   newest block tower (REALM's refresher also ran back to back).
@@ -30,8 +30,9 @@ Placement: the worker runs on `device` ("cpu", "cuda", "cuda:3"...) with `worker
 several GPUs, leave one out of training (e.g. `accelerate launch --gpu_ids 0,1,2` and `device="cuda:3"`, or
 `worker_env={"CUDA_VISIBLE_DEVICES": "3"}` with `device="cuda"`) so refreshing does not slow the trainers; on one GPU
 it shares the trainer's GPU (slower steps, no waiting). Under several training processes only the main process
-launches workers and reads `latest.json`; it broadcasts the version to load so that every process swaps at the same
-step.
+launches workers and reads `latest.json`; it broadcasts the version to load, every process loads it in the
+background, and they swap at the first step at which all of them have it (one gather of a number per step while a
+load is under way; if any process fails to load it, none swaps).
 """
 
 import argparse
@@ -65,6 +66,7 @@ DEFAULT_REFRESH_EVERY = 500  # REALM: about every 500 steps (DESIGN.md section 6
 DEFAULT_RERANK_FACTOR = 4
 LATEST = "latest.json"
 LOG_TAIL = 2000
+LOADING, FAILED, LOADED = 0, 1, 2  # a refreshed version's load, as the processes agree on it
 
 
 class IndexRefresher:
@@ -112,7 +114,7 @@ class IndexRefresher:
         self.pending = None  # the step of a due async refresh that waits for the busy worker
         self._worker = None  # (Popen, version, step, tower directory, log path)
         self._snapshot = None  # (TowerSnapshot, version, step) being saved for the next worker
-        self._loading = None  # IndexLoad of a finished version (one process: loaded in the background)
+        self._loading = None  # IndexLoad of a finished version, loading in the background
         self.wait_seconds = 0.0  # optimizer steps spent waiting for a snapshot's copy
         self._hook = None
         if mode == "async" and optimizer is not None and self._is_main:
@@ -170,11 +172,8 @@ class IndexRefresher:
             return False
         if due and self._is_main:
             self.pending = step
-        if self._single_process:
-            return self._swap_when_loaded(self._poll())
         newest = self._poll() if self._is_main else None
-        newest = self._broadcast(newest)
-        return newest is not None and self._swap(newest)
+        return self._swap_when_loaded(self._broadcast(newest))
 
     def refresh_now(self, step: int, version: int | None = None) -> None:
         """Rebuild the index with the current block tower (every process takes part) and swap it in as `version`
@@ -312,20 +311,29 @@ class IndexRefresher:
         logger.error("Index refresh %d (block tower of step %d) failed with exit code %d; training continues on index "
                      "version %d. End of %s:\n%s", version, step, process.returncode, self.version, log, tail)
 
-    def _swap(self, pointer: dict) -> bool:
-        """Load the version `pointer` names and swap it in now (several processes: all at the same step)."""
-        load = IndexLoad(self.work_dir / pointer["directory"], pointer)
-        load.join()
-        return self._install_loaded(load)
-
     def _swap_when_loaded(self, pointer: dict | None) -> bool:
-        """One process: load a newer version in the background and swap it in once loaded (never waiting)."""
-        if self._loading is None and pointer is not None:
+        """Load a newer version in the background and swap it in once loaded, never waiting for the load. With
+        several processes every one loads it and they swap at the first step at which all have it."""
+        if self._loading is None and pointer is not None and pointer["version"] > max(self.version, self._floor):
             self._loading = IndexLoad(self.work_dir / pointer["directory"], pointer)
-        if self._loading is None or not self._loading.done:
+        if self._loading is None:
+            return False
+        state = self._agree(self._loading)
+        if state == LOADING:
             return False
         load, self._loading = self._loading, None
+        if state == FAILED and load.error is None:  # loaded here, not on another process: nobody swaps
+            load.error = RuntimeError("another training process could not load it")
         return self._install_loaded(load)
+
+    def _agree(self, load: IndexLoad) -> int:
+        """The least advanced state of this load over all processes (LOADING < FAILED < LOADED)."""
+        state = LOADING if not load.done else FAILED if load.error is not None else LOADED
+        if self._single_process:
+            return state
+        # [num_processes]: one small gather per step, only while a load is under way
+        states = self.accelerator.gather(torch.tensor([state], device=self.accelerator.device))
+        return int(states.min())
 
     def _install_loaded(self, load: IndexLoad) -> bool:
         if load.error is not None:

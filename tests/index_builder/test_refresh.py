@@ -148,12 +148,30 @@ def test_async_refresh_swaps_without_waiting_and_survives_a_failed_worker(world,
 
 
 class OtherProcess:
-    """What IndexRefresher asks of an accelerator, for a process that is not the main one."""
+    """What IndexRefresher asks of an accelerator, for a process that is not the main one. `peer_state` is what the
+    other process reports for a background index load (refresh.LOADING / FAILED / LOADED)."""
 
-    is_main_process, num_processes = False, 2
+    is_main_process, num_processes, device = False, 2, torch.device("cpu")
+
+    def __init__(self, peer_state=refresh.LOADED):
+        self.peer_state, self.gathered = peer_state, []
 
     def wait_for_everyone(self):
         pass
+
+    def gather(self, tensor):
+        self.gathered.append(int(tensor))
+        return torch.cat([tensor, torch.tensor([self.peer_state])])
+
+
+def steps_until_swapped(refresher, first_step, limit_s=30.0):
+    """Call after_step on consecutive steps until it swaps (the load runs in a background thread)."""
+    step, deadline = first_step, time.monotonic() + limit_s
+    while not refresher.after_step(step):
+        assert time.monotonic() < deadline, "the refreshed index was never swapped in"
+        step += 1
+        time.sleep(0.01)
+    return step
 
 
 def test_every_process_swaps_to_the_version_the_main_process_found(world, tmp_path, monkeypatch):
@@ -172,10 +190,42 @@ def test_every_process_swaps_to_the_version_the_main_process_found(world, tmp_pa
     monkeypatch.setattr(accelerate.utils, "broadcast_object_list", broadcast)
     other = IndexRefresher(world["index"], world["retriever"], world["tokenizer"], work_dir, mode="async", every=2,
                            accelerator=OtherProcess())
-    assert other.after_step(2) is True  # a due step: only the main process starts workers
-    assert other._worker is None and other.pending is None and sent == [None]
+    assert steps_until_swapped(other, 2) >= 2  # step 2 is due: only the main process starts workers
+    assert other._worker is None and other.pending is None and set(sent) == {None}
     assert other.version == 1 and other.index.directory == work_dir / "v000001" and other.staleness(3) == 1
     # The main process of a fresh run ignores versions an earlier run left behind.
     monkeypatch.undo()
     main = IndexRefresher(world["index"], world["retriever"], world["tokenizer"], work_dir, mode="async", every=1000)
     assert main.after_step(3) is False and main.version == 0
+
+
+def test_processes_swap_a_refreshed_index_together_and_none_swaps_if_one_cannot_load(world, tmp_path, monkeypatch):
+    import accelerate.utils
+
+    work_dir = tmp_path / "versions"
+    IndexRefresher(world["index"], world["retriever"], world["tokenizer"], work_dir, mode="sync",
+                   block_length=64).refresh_now(step=2)
+    pointer = read_latest(work_dir)
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda objects, from_process=0: [pointer])
+    accelerator = OtherProcess(peer_state=refresh.LOADING)
+    other = IndexRefresher(world["index"], world["retriever"], world["tokenizer"], work_dir, mode="async",
+                           every=1000, accelerator=accelerator)
+    other._loading = None
+    other.after_step(1)
+    other._loading.join()  # loaded here; the other process is still loading
+    assert [other.after_step(step) for step in (2, 3)] == [False, False] and other.version == 0
+    assert accelerator.gathered[-2:] == [refresh.LOADED, refresh.LOADED]
+    accelerator.peer_state = refresh.LOADED
+    assert other.after_step(4) is True and other.version == 1 and other.index_step == 2
+    calls = len(accelerator.gathered)
+    assert other.after_step(5) is False and len(accelerator.gathered) == calls  # no load under way: no gather
+
+    # a newer version the other process cannot load: neither swaps, it counts as one failure, never retried
+    IndexRefresher(world["index"], world["retriever"], world["tokenizer"], work_dir, mode="sync",
+                   block_length=64).refresh_now(step=6, version=2)
+    pointer = read_latest(work_dir)
+    accelerator.peer_state = refresh.FAILED
+    other.after_step(7)
+    other._loading.join()
+    assert other.after_step(8) is False and other.version == 1 and other.failures == 1
+    assert [other.after_step(step) for step in (9, 10)] == [False, False] and other._loading is None
