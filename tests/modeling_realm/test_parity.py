@@ -121,3 +121,26 @@ def test_return_dict_false_gives_4x_tuple_order(model_class):
     assert len(as_tuple) == len(as_output.to_tuple())
     first = {"RealmEmbedder": "projected_score", "RealmScorer": "relevance_score", "RealmReader": "loss"}
     assert_close(as_tuple[0], expected[first[model_class.__name__]], what="first tuple element")
+
+
+def test_fused_tanh_gelu_computes_gelu_new():
+    """Backbones run REALM's gelu_new with torch's fused tanh GELU: same outputs, config unchanged."""
+    from transformers.activations import GELUTanh
+    from transformers.models.bert.modeling_bert import BertModel
+
+    from modeling_realm.pretrained import build_backbone
+    from tests.helpers import perturb_, tiny_config
+
+    config = tiny_config(hidden_act="gelu_new")
+    fused = perturb_(build_backbone(config), scale=0.5).eval()
+    spelled_out = BertModel(config, add_pooling_layer=True).eval()
+    spelled_out.load_state_dict(fused.state_dict())
+    assert all(isinstance(layer.intermediate.intermediate_act_fn, GELUTanh) for layer in fused.encoder.layer)
+    assert not isinstance(spelled_out.encoder.layer[0].intermediate.intermediate_act_fn, GELUTanh)
+    assert config.hidden_act == "gelu_new"
+    input_ids = torch.randint(0, config.vocab_size, (3, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, expected = fused(input_ids=input_ids), spelled_out(input_ids=input_ids)
+    assert_close(got.last_hidden_state, expected.last_hidden_state, atol=1e-5, what="last_hidden_state")
+    other = build_backbone(tiny_config(hidden_act="gelu"))  # other activations are left as configured
+    assert not isinstance(other.encoder.layer[0].intermediate.intermediate_act_fn, GELUTanh)
