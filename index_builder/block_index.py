@@ -58,8 +58,8 @@ class BlockIndex:
             embedder: the model (or block embedder) that produced the embeddings, recorded by name and weight
                 fingerprint so that a later query with other weights can be detected.
             search_params: query-time knobs kept with the index, e.g. {"nprobe": 16}, {"efSearch": 128} or
-                {"rerank": 10} (re-score 10 * k candidates with the exact stored embeddings). Defaults:
-                nprobe=min(nlist, 32) for IVF, efSearch=128 for HNSW, rerank=10 for PQ.
+                {"rerank": 25} (re-score 25 * k candidates with the exact stored embeddings). Defaults:
+                nprobe=min(nlist, 32) for IVF, efSearch=128 for HNSW, rerank=25 for PQ.
         """
         embeddings = _as_matrix(embeddings, "embeddings")
         n = embeddings.shape[0]

@@ -97,7 +97,7 @@ def test_matrix_product_search_orders_equal_scores_by_row():
 
 @pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ8", "HNSW32"])
 def test_approximate_indices_keep_recall_at_documented_defaults(factory):
-    """At the default knobs (nprobe=min(nlist, 32), efSearch=128, rerank=10 for PQ) recall@5 >= 0.9 of exact."""
+    """At the default knobs (nprobe=min(nlist, 32), efSearch=128, rerank=25 for PQ) recall@5 >= 0.9 of exact."""
     embeddings, centres = clustered(4000)
     rng = np.random.default_rng(2)
     queries = (centres[rng.integers(0, len(centres), 100)] + 0.3 * rng.normal(size=(100, 32))).astype(np.float32)
