@@ -19,6 +19,8 @@ from .pretrained import evaluation_mode
 # tokenizing with different settings (questions vs. question + block) can encode with each other's. Answering
 # tokenizes under this lock, which makes answer() and the pipeline safe to call from several threads at once.
 TOKENIZER_LOCK = threading.Lock()
+# Reader rows (question-block pairs) per backbone pass when answering; see read_in_passes.
+READER_ROWS_PER_PASS = 16
 logger = logging.getLogger(__name__)
 
 
@@ -156,9 +158,23 @@ def answer_batch(model, tokenizer, questions: list[str], top_k: int) -> list[lis
     # [batch, rows]
     relevance = torch.einsum("bd,bkd->bk", question_embeddings, found.embeddings)
     # [batch, rows, num_spans]
-    logits, starts, ends = model._read(batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.block_mask,
-                                       relevance)
+    logits, starts, ends = read_in_passes(model, batch, relevance)
     return [_top_spans(logits[b], starts, ends, batch, b, found.blocks[b], top_k) for b in range(len(questions))]
+
+
+def read_in_passes(model, batch: ReaderBatch, relevance: torch.Tensor):
+    """The reader over `[batch, rows, seq]` inputs, a few questions per backbone pass (at most READER_ROWS_PER_PASS
+    rows, at least one question): on CPU one pass over every row of a large batch runs slower per row, as its
+    activations fall out of cache. Returns logits `[batch, rows, num_spans]`, starts, ends."""
+    questions, rows = batch.input_ids.shape[:2]
+    step = max(1, READER_ROWS_PER_PASS // rows)
+    parts = []
+    for first in range(0, questions, step):
+        part = slice(first, first + step)
+        logits, starts, ends = model._read(batch.input_ids[part], batch.attention_mask[part],
+                                           batch.token_type_ids[part], batch.block_mask[part], relevance[part])
+        parts.append(logits)
+    return torch.cat(parts), starts, ends
 
 
 def _top_spans(logits, starts, ends, batch: ReaderBatch, b: int, blocks: list[dict], top_k: int) -> list[dict]:

@@ -55,6 +55,30 @@ def test_answers_do_not_depend_on_the_batch(config_name="google"):
         assert [a["score"] for a in together] == sorted((a["score"] for a in together), reverse=True)
 
 
+def test_the_reader_runs_a_few_questions_per_pass_with_the_same_answers(monkeypatch, config_name="google"):
+    from modeling_realm import qa
+
+    model, _, cases = fixture_model(config_name)
+    questions = [case["question"] for case in cases["questions"]] + ["where is the seine?", "who wrote hamlet?"]
+    monkeypatch.setattr(qa, "READER_ROWS_PER_PASS", 10_000)
+    one_pass = model.answer(questions, top_k=2, batch_size=len(questions))
+    passes = []
+    read = model._read
+    monkeypatch.setattr(model, "_read", lambda *args: passes.append(args[0].shape[0]) or read(*args))
+    rows = model.config.reader_beam_size
+    monkeypatch.setattr(qa, "READER_ROWS_PER_PASS", 2 * rows + 1)  # two questions a pass
+    several = model.answer(questions, top_k=2, batch_size=len(questions))
+    assert passes == [2] * (len(questions) // 2) + [1] * (len(questions) % 2)
+    passes.clear()
+    monkeypatch.setattr(qa, "READER_ROWS_PER_PASS", 1)  # fewer rows than one question has: still one question
+    model.answer(questions[:2], top_k=2, batch_size=2)
+    assert passes == [1, 1]
+    for got, expected in zip(several, one_pass, strict=True):
+        assert [(a["block_id"], a["start"], a["end"]) for a in got] == \
+            [(a["block_id"], a["start"], a["end"]) for a in expected]
+        np.testing.assert_allclose([a["score"] for a in got], [a["score"] for a in expected], atol=1e-5)
+
+
 def test_answers_ignore_dropout_and_keep_the_training_mode(config_name="google"):
     model, tokenizer, cases = fixture_model(config_name)
     assert model.config.hidden_dropout_prob > 0  # so training mode would change the scores
