@@ -214,3 +214,23 @@ def test_a_10000_word_question_is_truncated_not_fatal(caplog):
         answer = qa(question=question, context=context)
     assert context[answer["start"]:answer["end"]] == answer["answer"] and answer["answer"]
     assert "keeps its first 14" in caplog.text  # half of reader_seq_len=32, less [CLS] and [SEP]
+
+
+def test_off_cpu_the_reader_reads_the_whole_batch_in_one_pass():
+    from modeling_realm.qa import read_in_passes
+    from tokenization.reader_inputs import ReaderBatch
+
+    class Recorder:
+        def __init__(self):
+            self.passes = []
+
+        def _read(self, input_ids, attention_mask, token_type_ids, block_mask, relevance):
+            self.passes.append(tuple(input_ids.shape))
+            return torch.zeros(input_ids.shape[:2] + (7,), device=input_ids.device), "starts", "ends"
+
+    for device, expected in (("cpu", [(1, 5, 12)] * 6), ("meta", [(6, 5, 12)])):  # meta stands in for a GPU
+        ids = torch.zeros(6, 5, 12, dtype=torch.long, device=device)
+        batch = ReaderBatch(ids, ids, ids, ids.bool(), ids)
+        model = Recorder()
+        logits, _, _ = read_in_passes(model, batch, torch.zeros(6, 5, device=device))
+        assert model.passes == expected and logits.shape == (6, 5, 7), device
