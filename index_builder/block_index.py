@@ -22,6 +22,7 @@ from .blocks_table import (
     write_blocks,
 )
 from .exact import exact_top_k, gemm_top_k
+from .file_rows import FileRows
 from .manifest import BLOCKS_FILE, FAISS_FILE, MANIFEST, IndexMismatchError, Manifest
 from .storage import atomic_directory, recover_directory
 
@@ -44,6 +45,7 @@ class BlockIndex:
         self.directory = directory
         self._texts = blocks.select_columns(TEXT_COLUMNS)
         self._sorted_ids = None
+        self._file_rows = _file_rows(blocks, directory)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -178,8 +180,11 @@ class BlockIndex:
         """The blocks with these ids: a list of dicts (block_id, doc_id, title, text), nested like `block_ids`."""
         ids = np.asarray(block_ids, dtype=np.int64)
         rows = self._rows_of(ids.reshape(-1))
-        columns = self._texts[rows.tolist()]
-        flat = [dict(zip(TEXT_COLUMNS, values)) for values in zip(*(columns[c] for c in TEXT_COLUMNS))]
+        if self._file_rows is not None:
+            flat = self._file_rows.blocks(rows)
+        else:
+            columns = self._texts[rows.tolist()]
+            flat = [dict(zip(TEXT_COLUMNS, values)) for values in zip(*(columns[c] for c in TEXT_COLUMNS))]
         if ids.ndim <= 1:
             return flat
         width = ids.shape[-1]
@@ -189,7 +194,8 @@ class BlockIndex:
         """Stored float32 embeddings of the given block ids, shape `[*block_ids.shape, dimension]`."""
         ids = np.asarray(block_ids, dtype=np.int64)
         rows = self._rows_of(ids.reshape(-1))
-        return embeddings_of(self.blocks)[rows].reshape(*ids.shape, self.dimension)
+        found = self._file_rows.embeddings(rows) if self._file_rows is not None else embeddings_of(self.blocks)[rows]
+        return found.reshape(*ids.shape, self.dimension)
 
     def add(self, embeddings, texts, titles=None, doc_ids=None) -> np.ndarray:
         """Append blocks; returns their new block ids (after the largest existing id)."""
@@ -325,6 +331,7 @@ class BlockIndex:
         self.blocks = blocks
         self._texts = blocks.select_columns(TEXT_COLUMNS)
         self._sorted_ids = None
+        self._file_rows = None  # edited rows live in memory: read through the table
 
     # Hub and checkpoint conversion live in their own modules.
     def push_to_hub(self, repo_id: str, **kwargs):
@@ -343,6 +350,16 @@ class BlockIndex:
         from .convert import index_from_realm_checkpoint
 
         return index_from_realm_checkpoint(cls, path_or_repo, allow_pickle=allow_pickle, **kwargs)
+
+
+def _file_rows(blocks: datasets.Dataset, directory: Path | None) -> FileRows | None:
+    """Row reads by `pread` when `blocks` is the memory-mapped blocks file of `directory` (see file_rows.py)."""
+    if directory is None:
+        return None
+    path = Path(directory) / BLOCKS_FILE
+    if not any(Path(f["filename"]) == path for f in blocks.cache_files):
+        return None
+    return FileRows.of(blocks, path)
 
 
 def _as_matrix(embeddings, name: str, dimension: int | None = None) -> np.ndarray:
