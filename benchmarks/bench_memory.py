@@ -18,7 +18,6 @@ Model weights are left out of both sides (the 4.x model has tiny towers), so the
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,20 +34,20 @@ from synthetic_embeddings import (  # noqa: E402
     ensure_corpus,
     make_queries,
     markdown_table,
+    memory_status,
     reference_python,
 )
 
 K = 5
-HEADERS = ["process", "blocks", "peak RSS MB", "wall s", "ms/query", "on disk MB", "notes"]
+HEADERS = ["process", "blocks", "peak RSS MB", "at end: anon MB", "at end: file MB", "wall s", "ms/query",
+           "on disk MB", "notes"]
+# 4.57.6 holds every text in RAM: whole ~1.2 KB texts of 13.35M blocks (~18 GB) plus block_emb (6.8 GB) exceed
+# this 24 GB machine, so at full size its texts are cut to this many bytes (a lower bound of its memory).
+FULL_REFERENCE_TEXT_BYTES = 100
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (VmHWM; unlike getrusage's ru_maxrss it does not count the memory of
-    the parent that forked us before `exec`)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return memory_status()["peak_rss_bytes"]
 
 
 def run_child(command: list[str]) -> dict:
@@ -77,7 +76,7 @@ def child_build(args) -> dict:
     embeddings = np.load(args.embeddings, mmap_mode="r")
     index = BlockIndex.build(blocks, embeddings, args.index_dir, factory=args.factory, progress=False)
     return {"num_blocks": len(index), "factory": index.factory, "search_params": index.manifest.search_params,
-            "peak_rss_bytes": peak_rss_bytes()}
+            **memory_status()}
 
 
 def child_serve(args) -> dict:
@@ -91,8 +90,7 @@ def child_serve(args) -> dict:
         _, block_ids = index.search(query[None], K)
         fetched += sum(len(block["text"]) for block in index.get_blocks(block_ids[0]))
     elapsed = time.perf_counter() - start
-    return {"seconds_per_query": elapsed / len(queries), "bytes_fetched": fetched,
-            "peak_rss_bytes": peak_rss_bytes()}
+    return {"seconds_per_query": elapsed / len(queries), "bytes_fetched": fetched, **memory_status()}
 
 
 def directory_mb(path: Path) -> float:
@@ -106,22 +104,32 @@ def measure(args, paths: dict, queries_path: Path, index_dir: Path) -> tuple[lis
                             "--factory", args.factory] + common)
     serve = run_child(me + ["--child", "serve", "--index-dir", str(index_dir)] + common)
     disk = directory_mb(index_dir)
-    rows = [["this package: build", args.num_blocks, build["peak_rss_mb"], build["wall_s"], "n/a", disk,
-             f"{args.factory}, {build['search_params']}"],
-            ["this package: serve", args.num_blocks, serve["peak_rss_mb"], serve["wall_s"],
+    rows = [["this package: build", args.num_blocks, build["peak_rss_mb"], *at_end(build), build["wall_s"], "n/a",
+             disk, f"{args.factory}, {build['search_params']}"],
+            ["this package: serve", args.num_blocks, serve["peak_rss_mb"], *at_end(serve), serve["wall_s"],
              1e3 * serve["seconds_per_query"], disk, "memory-mapped blocks, compressed codes in RAM"]]
-    python, reason = reference_python()
+    python, reason = (None, "4.57.6 not run (--no-reference)") if args.no_reference else reference_python()
     if python is None:
         return rows, reason
     script = str(Path(__file__).resolve().parent / "reference_realm4.py")
     ref = run_child([str(python), script, "serve", "--k", str(K), "--seed", "0", "--embeddings",
-                     str(paths["embeddings"]), "--queries", str(queries_path)])
-    rows.append(["4.57.6 serve", args.num_blocks, ref["peak_rss_mb"], ref["wall_s"], 1e3 * ref["seconds_per_query"],
-                 "n/a", "block_emb + block_records in RAM, brute force"])
-    if ref["bytes_fetched"] != serve["bytes_fetched"]:
+                     str(paths["embeddings"]), "--queries", str(queries_path),
+                     "--text-bytes", str(args.reference_text_bytes)])
+    texts = f"texts cut to {args.reference_text_bytes} B" if args.reference_text_bytes else "whole texts"
+    rows.append(["4.57.6 serve", args.num_blocks, ref["peak_rss_mb"], *at_end(ref), ref["wall_s"],
+                 1e3 * ref["seconds_per_query"], "n/a", f"block_emb + block_records ({texts}) in RAM, brute force"])
+    if args.reference_text_bytes:
+        reason = (f"note: 4.57.6 held each text cut to {args.reference_text_bytes} bytes (whole texts do not fit "
+                  "in this machine's RAM next to block_emb), so its figure is a lower bound")
+    elif ref["bytes_fetched"] != serve["bytes_fetched"]:
         reason = (f"note: the two sides fetched different texts ({serve['bytes_fetched']} vs {ref['bytes_fetched']} "
                   "bytes): the compressed index returned some other blocks than the exact search")
     return rows, reason
+
+
+def at_end(result: dict) -> list:
+    """Anonymous and file-backed resident MB when the measured process finished (n/a where not reported)."""
+    return [result[key] / 2 ** 20 if key in result else "n/a" for key in ("rss_anon_bytes", "rss_file_bytes")]
 
 
 def parse_args(argv=None):
@@ -131,6 +139,10 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="20,000 blocks (smoke test)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--factory", default=None, help="FAISS factory (default IVF{nlist},PQ32)")
+    parser.add_argument("--reference-text-bytes", type=int, default=None,
+                        help=f"cut 4.57.6's in-RAM texts to this many bytes (default: whole texts; "
+                             f"{FULL_REFERENCE_TEXT_BYTES} with --full)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the transformers 4.57.6 run")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     # internal: what a measured subprocess does
@@ -142,6 +154,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.full:
         args.num_blocks = FULL_SIZE
+    if args.reference_text_bytes is None:
+        args.reference_text_bytes = FULL_REFERENCE_TEXT_BYTES if args.num_blocks == FULL_SIZE else 0
     if args.quick:
         args.num_blocks, args.queries = 20_000, 20
         args.factory = args.factory or "IVF64,PQ16"

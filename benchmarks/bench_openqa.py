@@ -6,7 +6,8 @@ same ~1.2 KB block texts:
 
 - this package: `RealmForOpenQA.from_pretrained(checkpoint, index=BlockIndex)` and `answer(questions,
   batch_size=...)`, over an exact (Flat) index, over the compressed IVF-PQ index of bench_search, and over that
-  index inside `torch.autocast(dtype=torch.bfloat16)` (same weights, bfloat16 matrix products);
+  index inside `torch.autocast(dtype=torch.bfloat16)` (same weights, bfloat16 matrix products), and over that index
+  with the reader's Linear layers quantized to int8 by `torch.ao.quantization.quantize_dynamic`;
 - 4.57.6: `RealmForOpenQA.from_pretrained(checkpoint, retriever=RealmRetriever(block_records, tokenizer))`, one
   question per forward (its only batch size), brute force over `block_emb`, texts from an in-RAM object array.
 
@@ -112,6 +113,8 @@ def child_ours(args) -> dict:
     if args.search_params:
         index.set_search_params(**json.loads(args.search_params))
     model = RealmForOpenQA.from_pretrained(args.checkpoint, index=index)
+    if args.int8_reader:
+        quantize_reader(model)
     autocast = contextlib.nullcontext()
     if args.bf16:  # what a user writes: torch.autocast around answer()
         import torch
@@ -131,14 +134,28 @@ def child_ours(args) -> dict:
             "answers": answers, "peak_rss_bytes": peak_rss_bytes()}
 
 
+def quantize_reader(model) -> None:
+    """What a user writes for CPU serving: PyTorch's dynamic int8 quantization of the reader's Linear layers
+    (weights int8 per tensor, activations quantized per batch; fbgemm kernels). The question tower stays float32,
+    so retrieval is unchanged. PyTorch deprecates this API in favour of torchao; it still ships in torch 2.13."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        quantize_dynamic(model.reader, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
 def measure_ours(args, checkpoint: Path, index_dir: Path, questions_file: Path, search_params=None,
-                 bf16: bool = False) -> dict:
+                 bf16: bool = False, int8_reader: bool = False) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--checkpoint", str(checkpoint),
                "--index-dir", str(index_dir), "--questions-file", str(questions_file),
                "--batch1-questions", str(args.batch1_questions), "--batch-size", str(args.batch_size)]
     if search_params:
         command += ["--search-params", json.dumps(search_params)]
-    return run_child(command + (["--bf16"] if bf16 else []))
+    return run_child(command + (["--bf16"] if bf16 else []) + (["--int8-reader"] if int8_reader else []))
 
 
 def measure_reference(args, checkpoint: Path, questions_file: Path) -> tuple[dict | None, str]:
@@ -191,6 +208,7 @@ def parse_args(argv=None):
     # internal: the measured subprocess of this package
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--int8-reader", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--checkpoint", "--index-dir", "--questions-file", "--search-params"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -224,7 +242,9 @@ def main(argv=None):
                 f"{args.compressed}, nprobe 16, rerank 10": measure_ours(
                     args, checkpoint, compressed, questions_file, settings),
                 f"{args.compressed}, nprobe 16, rerank 10, bf16 autocast": measure_ours(
-                    args, checkpoint, compressed, questions_file, settings, bf16=True)}
+                    args, checkpoint, compressed, questions_file, settings, bf16=True),
+                f"{args.compressed}, nprobe 16, rerank 10, int8 reader": measure_ours(
+                    args, checkpoint, compressed, questions_file, settings, int8_reader=True)}
         reference, note = measure_reference(args, checkpoint, questions_file)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

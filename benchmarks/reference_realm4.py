@@ -16,7 +16,6 @@ Each prints one JSON object on its last line. This file never runs inside this p
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_embeddings import block_texts  # noqa: E402  (numpy only)
+from synthetic_embeddings import block_texts, memory_status  # noqa: E402  (numpy only)
 
 
 def read_npy_into(path, tensor: torch.Tensor) -> None:
@@ -88,7 +87,7 @@ def run_serve(args) -> dict:
                          reader_beam_size=args.k)
     model = RealmForOpenQA(config).eval()
     read_npy_into(args.embeddings, model.block_emb)
-    block_records = block_records_of(num_blocks, args.seed)
+    block_records = block_records_of(num_blocks, args.seed, args.text_bytes)
     queries = load_queries(args.queries)
     fetched = 0
     start = time.perf_counter()
@@ -97,17 +96,18 @@ def run_serve(args) -> dict:
             ids = search_4x(model.block_emb, query[None], model.searcher_beam_size)
             fetched += sum(len(block_records[i]) for i in ids.tolist())
     elapsed = time.perf_counter() - start
-    return {"peak_rss_bytes": peak_rss_bytes(), "num_blocks": num_blocks,
-            "seconds_per_query": elapsed / len(queries), "bytes_fetched": fetched,
-            "transformers": _transformers_version()}
+    return {**memory_status(), "num_blocks": num_blocks, "seconds_per_query": elapsed / len(queries),
+            "bytes_fetched": fetched, "transformers": _transformers_version()}
 
 
-def block_records_of(num_blocks: int, seed: int) -> np.ndarray:
-    """The synthetic block texts as 4.x's `RealmRetriever` holds them: an object array of bytes, all in RAM."""
+def block_records_of(num_blocks: int, seed: int, text_bytes: int = 0) -> np.ndarray:
+    """The synthetic block texts as 4.x's `RealmRetriever` holds them: an object array of bytes, all in RAM (each
+    cut to its first `text_bytes` bytes when given: whole 1.2 KB texts of 13.35M blocks do not fit in 24 GB)."""
     block_records = np.empty(num_blocks, dtype=object)
+    cut = slice(0, text_bytes or None)
     for start in range(0, num_blocks, 65536):  # the chunking of synthetic_embeddings.write_texts
         stop = min(start + 65536, num_blocks)
-        block_records[start:stop] = [text.encode() for text in block_texts(start, stop, seed)]
+        block_records[start:stop] = [text.encode()[cut] for text in block_texts(start, stop, seed)]
     return block_records
 
 
@@ -134,15 +134,7 @@ def run_openqa(args) -> dict:
             answers.append(answer(question))
             times.append(time.perf_counter() - start)
     return {"seconds_per_question": statistics.median(times), "answers": answers,
-            "peak_rss_bytes": peak_rss_bytes(), "transformers": _transformers_version()}
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (VmHWM, which starts afresh at exec, unlike ru_maxrss)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            "peak_rss_bytes": memory_status()["peak_rss_bytes"], "transformers": _transformers_version()}
 
 
 def _transformers_version() -> str:
@@ -161,6 +153,7 @@ def main():
     parser.add_argument("--checkpoint", help="RealmForOpenQA directory with its tokenizer (openqa)")
     parser.add_argument("--num-blocks", type=int, help="blocks of the synthetic corpus (openqa)")
     parser.add_argument("--count", type=int, default=6, help="questions to answer (openqa)")
+    parser.add_argument("--text-bytes", type=int, default=0, help="cut each block text to this many bytes (serve)")
     args = parser.parse_args()
     needed = ["checkpoint", "num_blocks", "queries"] if args.mode == "openqa" else ["embeddings", "queries"]
     missing = [name for name in needed if getattr(args, name) is None]

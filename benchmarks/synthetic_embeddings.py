@@ -27,6 +27,7 @@ environment can import it to regenerate the same texts.
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,24 @@ def _reuse_or_make(path: Path, spec: dict, make) -> None:
 
 
 # ----------------------------------------------------------------- shared by the benchmark scripts
+def memory_status() -> dict:
+    """This process's memory from /proc/self/status, in bytes: `peak_rss_bytes` (VmHWM: the peak resident set,
+    which starts afresh at exec, unlike getrusage's ru_maxrss), and the current `rss_anon_bytes` (memory the process
+    owns) and `rss_file_bytes` (pages of mapped files: clean page cache the kernel reclaims under pressure)."""
+    fields = {"VmHWM": "peak_rss_bytes", "RssAnon": "rss_anon_bytes", "RssFile": "rss_file_bytes"}
+    status = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in fields:
+            status[fields[name]] = int(value.split()[0]) * 1024
+    if "peak_rss_bytes" not in status:  # not Linux: the peak is all that getrusage knows
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024
+        status["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return status
+
+
 REFERENCE_PYTHON = Path(os.environ.get("REALM_REFERENCE_PYTHON", "/work/venv-ref/bin/python"))
 DEFAULT_WORK_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "realm-benchmarks")
 
