@@ -1,7 +1,5 @@
 """Exact inner-product top-k over memory-mapped embeddings, chunk by chunk (the fallback and the test oracle)."""
 
-import warnings
-
 import numpy as np
 import torch
 
@@ -51,17 +49,12 @@ def gemm_top_k(queries: np.ndarray, vectors: np.ndarray, k: int):
     `[b, k]` float32 and row numbers `[b, k]` int64; equal scores are ordered by row as in `exact_top_k`.
     """
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))  # [b, d]
-    with warnings.catch_warnings():  # a read-only memory map is fine: the matrix is only read
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        matrix = torch.from_numpy(vectors)  # [n, d], shared with FAISS or a memory map, never written
+    matrix = torch.from_numpy(vectors)  # [n, d], shared with FAISS, never written
     chunk = max(1024, GEMM_SCORES_PER_CHUNK // max(1, len(q)))
-    # [chunk, b], reused: a fresh 8 MB result per chunk would be new pages for the kernel to zero every time
-    buffer = torch.empty(min(chunk, len(matrix)), len(q))
     kept_scores, kept_rows = [], []
     with torch.no_grad():
         for start in range(0, len(matrix), chunk):
-            part = matrix[start:start + chunk]
-            scores = torch.mm(part, q.T, out=buffer[:len(part)])  # [c, b]
+            scores = matrix[start:start + chunk] @ q.T  # [c, b]
             top_scores, top_rows = scores.topk(min(k, len(scores)), dim=0)  # [k, b]
             kept_scores.append(top_scores)
             kept_rows.append(top_rows + start)
