@@ -46,10 +46,6 @@ HEADERS = ["process", "blocks", "peak RSS MB", "at end: anon MB", "at end: file 
 FULL_REFERENCE_TEXT_BYTES = 100
 
 
-def peak_rss_bytes() -> int:
-    return memory_status()["peak_rss_bytes"]
-
-
 def run_child(command: list[str]) -> dict:
     """Run `command`; return its last stdout line as JSON (with the peak RSS it measured itself) and wall time."""
     with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:

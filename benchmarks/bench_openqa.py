@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_memory import peak_rss_bytes, run_child  # noqa: E402
+from bench_memory import run_child  # noqa: E402
 from bench_search import default_nlist  # noqa: E402
 from synthetic_embeddings import (  # noqa: E402
     DEFAULT_WORK_DIR,
     block_texts,
     ensure_corpus,
     markdown_table,
+    memory_status,
     reference_python,
 )
 
@@ -131,7 +132,7 @@ def child_ours(args) -> dict:
         model.answer(questions, batch_size=args.batch_size)
         throughput = len(questions) / (time.perf_counter() - start)
     return {"seconds_per_question": float(np.median(times)), "questions_per_second": throughput,
-            "answers": answers, "peak_rss_bytes": peak_rss_bytes()}
+            "answers": answers, "peak_rss_bytes": memory_status()["peak_rss_bytes"]}
 
 
 def quantize_reader(model) -> None:

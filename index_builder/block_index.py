@@ -139,13 +139,13 @@ class BlockIndex:
         return self._search(queries, k)
 
     def _search(self, queries: np.ndarray, k: int):
-        rerank = self.manifest.search_params.get(faiss_utils.RERANK, 0)
-        candidates = min(len(self), k * rerank) if rerank > 1 else k
         flat = faiss_utils.flat_views(self.faiss_index) if len(queries) >= faiss_utils.SMALL_BATCH else None
         if flat is not None:  # exact index, batch of queries: torch's matrix product beats FAISS's scan 3x
             vectors, ids = flat
             scores, rows = gemm_top_k(queries, vectors, k)
             return scores, ids[rows]
+        rerank = self.manifest.search_params.get(faiss_utils.RERANK, 0)
+        candidates = min(len(self), k * rerank) if rerank > 1 else k
         with faiss_utils.threads_for(len(queries)):
             scores, ids = self.faiss_index.search(queries, candidates)
         incomplete = (ids < 0).any(axis=1)

@@ -1,4 +1,5 @@
-"""Exact inner-product top-k over memory-mapped embeddings, chunk by chunk (the fallback and the test oracle)."""
+"""Exact inner-product top-k, chunk by chunk: over memory-mapped embeddings in numpy (the fallback and the test
+oracle), and over an in-memory matrix with torch matrix products (batched search of a Flat index)."""
 
 import numpy as np
 import torch

@@ -32,6 +32,7 @@ class FileRows:
 
     def __init__(self, table: pa.Table, path: Path, mappings: list[tuple[int, int, int]]):
         self.path, self._mappings = Path(path), mappings  # (start address, end address, file offset), sorted
+        self._mapping_starts = [start for start, _, _ in mappings]
         self._fd = os.open(self.path, os.O_RDONLY)
         embeddings = table.column("embeddings")
         self.dimension = embeddings.type.list_size
@@ -102,7 +103,7 @@ class FileRows:
         return data
 
     def _file_offset(self, address: int) -> int:
-        i = bisect_right([start for start, _, _ in self._mappings], address) - 1
+        i = bisect_right(self._mapping_starts, address) - 1
         if i < 0 or address >= self._mappings[i][1]:
             raise LookupError(f"buffer at {address:#x} is not in a mapping of {self.path}")
         start, _, offset = self._mappings[i]

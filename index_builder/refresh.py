@@ -172,8 +172,8 @@ class IndexRefresher:
             return False
         if due and self._is_main:
             self.pending = step
-        newest = self._poll() if self._is_main else None
-        return self._swap_when_loaded(self._broadcast(newest))
+        latest = self._poll() if self._is_main else None
+        return self._swap_when_loaded(self._broadcast(latest))
 
     def refresh_now(self, step: int, version: int | None = None) -> None:
         """Rebuild the index with the current block tower (every process takes part) and swap it in as `version`
@@ -256,15 +256,14 @@ class IndexRefresher:
 
     # ------------------------------------------------------------------------------------------ async internals
     def _poll(self) -> dict | None:
-        """Main process: reap a finished worker, start a pending one, and return a newer `latest.json`, if any."""
+        """Main process: reap a finished worker, start a pending one, and return `latest.json` (None if absent)."""
         if self._worker is not None and self._worker[0].poll() is not None:
             self._reap()
         if self._snapshot is not None and self._snapshot[0].done:
             self._start_worker()
         if self._worker is None and self._snapshot is None and self.pending is not None:
             self._launch(self.pending)
-        pointer = read_latest(self.work_dir)
-        return pointer if pointer is not None and pointer["version"] > max(self.version, self._floor) else None
+        return read_latest(self.work_dir)
 
     def _launch(self, step: int) -> None:
         """Snapshot the block tower for version `step`'s worker (started by `_poll` once the snapshot is saved)."""
