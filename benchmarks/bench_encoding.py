@@ -37,7 +37,7 @@ def load_model(quick: bool):
     from transformers import AutoTokenizer
 
     from modeling_realm import RealmConfig, RealmRetriever
-    from modeling_realm.loading import demo_model_path, load_retriever
+    from modeling_realm.models.loading import demo_model_path, load_retriever
 
     tokenizer = AutoTokenizer.from_pretrained(demo_model_path())
     if not quick:
@@ -80,7 +80,7 @@ def pretokenised_batches(blocks, tokenizer, rank: int = 0, world: int = 1):
 
 @torch.no_grad()
 def raw_forward_seconds(model, batches) -> float:
-    from index_builder.fingerprint import block_embedder_of
+    from index_builder.index.fingerprint import block_embedder_of
 
     embedder = block_embedder_of(model).eval()  # the tower encode_blocks uses
     embedder(**batches[0], return_dict=True)  # warm-up
@@ -141,7 +141,7 @@ def run_two_processes(args, scratch: Path) -> dict:
 def worker(args) -> None:
     from accelerate import Accelerator
 
-    import index_builder  # noqa: F401  (transformers before the group starts: see index_builder/sharded.py)
+    import index_builder  # noqa: F401  (transformers before the group starts: see index_builder/index/sharded.py)
 
     accelerator = Accelerator(cpu=True)
     result = measure(args, accelerator)

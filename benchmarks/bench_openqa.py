@@ -68,7 +68,7 @@ def ensure_checkpoint(work_dir: Path, embeddings_path: Path, towers: str) -> Pat
     import torch
 
     from modeling_realm import RealmConfig, RealmForOpenQA
-    from modeling_realm.loading import demo_model_path
+    from modeling_realm.models.loading import demo_model_path
     from tokenization import RealmTokenizerFast
 
     vocab = Path(demo_model_path()) / "vocab.txt"

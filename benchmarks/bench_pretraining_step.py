@@ -42,12 +42,12 @@ an `IndexRefresher` over a small on-disk index (`--refresh-blocks`, Flat: every 
 the block tower, which a large index cannot do in minutes on a CPU), with a refresh due every `--refresh-every`
 steps. The time the training loop spends inside `refresher.after_step` is the time it is blocked:
 
-- `async` (REALM): due steps snapshot the block tower (`TowerSnapshot`: copied while the next step computes, saved
-  by a background thread; the optimizer step waits for the copy if it is not done: the "optimizer wait" column) and
-  then start the worker process (`python -m index_builder.refresh`) that re-encodes the blocks; every step polls
+- `async` (REALM): due steps snapshot the block tower (`TowerSnapshot`: copied while the next step computes, saved by a
+  background thread; the optimizer step waits for the copy if it is not done: the "optimizer wait" column) and then
+  start the worker process (`python -m modeling_realm.pretraining.refresh`) that re-encodes the blocks; every step polls
   `latest.json` and swaps a finished version in. Runs until `--async-swaps` refreshed indexes were swapped in (or
-  `--max-refresh-steps` / `--max-refresh-seconds`). The worker shares the 2 cores with training, which slows the
-  steps (the "median step" column) without blocking them.
+  `--max-refresh-steps` / `--max-refresh-seconds`). The worker shares the 2 cores with training, which slows the steps
+  (the "median step" column) without blocking them.
 - `sync` (the reference for "blocked"): due steps rebuild the index in the training process
   (`--sync-refreshes` rebuilds).
 
@@ -162,7 +162,7 @@ def check_args(parser, args):
 def load_tokenizer():
     from transformers import AutoTokenizer
 
-    from modeling_realm.loading import demo_model_path
+    from modeling_realm.models.loading import demo_model_path
 
     return AutoTokenizer.from_pretrained(demo_model_path())
 
@@ -170,7 +170,7 @@ def load_tokenizer():
 def make_model(args, tokenizer):
     """A randomly initialised `RealmPretrainingModel` (retriever + encoder) in training mode, unused heads frozen."""
     from modeling_realm import RealmConfig, RealmKnowledgeAugEncoder, RealmRetriever
-    from modeling_realm.pretraining import RealmPretrainingModel, freeze_unused_parameters
+    from modeling_realm.pretraining.realm import RealmPretrainingModel, freeze_unused_parameters
 
     config = RealmConfig(vocab_size=len(tokenizer), hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                          num_attention_heads=max(1, args.hidden_size // 64), intermediate_size=4 * args.hidden_size,
@@ -232,7 +232,7 @@ class QueryBatches:
     `--refresh-blocks` blocks' documents so that the trivial-retrieval exclusion applies in both parts."""
 
     def __init__(self, args, tokenizer):
-        from modeling_realm.pretraining import MaskedQueryCollator
+        from modeling_realm.pretraining.realm import MaskedQueryCollator
 
         self.collator = MaskedQueryCollator(tokenizer, "random_token", args.query_length, args.seed)
         self.batch_size, self.documents, self.seed, self.drawn = args.batch_size, max(1, args.refresh_blocks // 4), \
@@ -266,7 +266,7 @@ class Laps:
 
 def timed_step(model, optimizer, tokenizer, batch: dict, retrieve, args) -> dict:
     """One REALM pretraining step as `examples/pretrain_realm.py` runs it; returns seconds per phase."""
-    from modeling_realm.pretraining import candidate_inputs, search_embeddings
+    from modeling_realm.pretraining.realm import candidate_inputs, search_embeddings
 
     laps = Laps(args.device)
     queries = search_embeddings(model.retriever, batch)  # [batch, 128] numpy
@@ -290,7 +290,7 @@ def timed_step(model, optimizer, tokenizer, batch: dict, retrieve, args) -> dict
 
 def measure_step(args, model, optimizer, tokenizer, index, batches: QueryBatches) -> dict:
     """Part 1: phase times over `--steps` steps after `--warmup-steps`."""
-    from modeling_realm.pretraining import retrieve_blocks
+    from modeling_realm.retrieval import retrieve_blocks
 
     def retrieve(queries, num_blocks, doc_ids):
         return retrieve_blocks(index, queries, num_blocks, doc_ids)
@@ -319,7 +319,8 @@ def summarise_phases(runs: list[dict]) -> dict:
 def refresh_run(args, mode: str, model, optimizer, tokenizer, source: Path, work_dir: Path,
                 batches: QueryBatches) -> dict:
     """Part 2: train with an `IndexRefresher` in `mode`, timing every `after_step` call (the blocked time)."""
-    from index_builder import BlockIndex, IndexRefresher
+    from index_builder import BlockIndex
+    from modeling_realm import IndexRefresher
 
     refresher = IndexRefresher(BlockIndex.load_from_disk(source, verify=False), model.retriever, tokenizer, work_dir,
                                mode=mode, every=args.refresh_every, block_length=args.block_length,
@@ -367,8 +368,8 @@ def scale_costs(args, tokenizer, index_directory: Path, scratch: Path) -> dict:
     left of the copy) and a swap loads the refreshed index from disk (here the part-1 index, whose files the page
     cache may still hold)."""
     from index_builder import BlockIndex
-    from index_builder.tower_snapshot import TowerSnapshot, copy_state
     from modeling_realm import RealmConfig, RealmEmbedder
+    from modeling_realm.pretraining.tower_snapshot import TowerSnapshot, copy_state
 
     shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64} \
         if args.quick else {}  # RealmConfig's defaults are BERT-base

@@ -3,7 +3,7 @@
     python benchmarks/pretraining_learns.py --output-dir /tmp/pretraining-learns   # README table (~30 min, 1 core)
     python benchmarks/pretraining_learns.py --quick                                  # smoke test (seconds)
 
-The corpus is made here: one biography per invented person (`tokenization.synthetic`: names, cities, years and
+The corpus is made here: one biography per invented person (`modeling_realm.apps.synthetic`: names, cities, years and
 professions made up from syllables), one block each. The pretraining queries are sentences stating one person's
 facts, in a document of their own that is not in the index, with one fact masked as the salient span
 (`--queries verbatim`: the biography's first sentence; `restated`: other words), so the masked word can only come
@@ -28,8 +28,8 @@ tiny setting learn (each measured; see benchmarks/README.md):
 Rows, from the same initial weights:
 
 - `initialisation`;
-- `ICT warm start only`: the retriever after `--ict-steps` of the Inverse Cloze Task (`modeling_realm.ict`);
-- `ICT + REALM`: then `--steps` of the package's REALM step (`modeling_realm.pretraining`: null block, relevance
+- `ICT warm start only`: the retriever after `--ict-steps` of the Inverse Cloze Task (`modeling_realm.pretraining.ict`);
+- `ICT + REALM`: then `--steps` of the package's REALM step (`modeling_realm.pretraining.realm`: null block, relevance
   recomputed with gradients to both towers, marginal masked-LM loss) with the index refreshed synchronously every
   `--refresh-every` steps by `IndexRefresher`;
 - `ICT + REALM, refresh disabled`: the index keeps the ICT block tower's embeddings;
@@ -57,21 +57,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index_builder import BlockIndex, IndexRefresher  # noqa: E402
-from modeling_realm import RealmConfig, RealmKnowledgeAugEncoder, RealmRetriever  # noqa: E402
-from modeling_realm.ict import IctCollator, can_make_ict_example, in_batch_loss  # noqa: E402
-from modeling_realm.pretraining import (  # noqa: E402
-    MaskedQueryCollator,
-    RealmPretrainingModel,
-    RetrievedCandidates,
-    embed_blocks_now,
-    evaluation_mode,
-    freeze_unused_parameters,
-    pretraining_inputs,
+from index_builder import BlockIndex  # noqa: E402
+from modeling_realm import (  # noqa: E402
+    IndexRefresher,
+    RealmConfig,
+    RealmKnowledgeAugEncoder,
+    RealmRetriever,
+    RetrievedBlocks,
     retrieve_blocks,
 )
+from modeling_realm.apps.synthetic import documents, invent_people  # noqa: E402
+from modeling_realm.models import evaluation_mode  # noqa: E402
+from modeling_realm.pretraining import (  # noqa: E402
+    IctCollator,
+    MaskedQueryCollator,
+    RealmPretrainingModel,
+    can_make_ict_example,
+    embed_blocks_now,
+    freeze_unused_parameters,
+    in_batch_loss,
+    pretraining_inputs,
+)
 from tokenization import RealmTokenizerFast  # noqa: E402
-from tokenization.synthetic import documents, invent_people  # noqa: E402
 
 VARIANTS = ("REALM", "refresh disabled", "fixed random blocks", "no ICT warm start")
 QUERY_TEMPLATES = {  # per style, the sentence stating a person's facts, and the facts masked one at a time
@@ -249,7 +256,7 @@ def random_block_retriever(world, num_blocks: int, seed: int):
 
     def retrieve(query_embeddings, n, doc_ids):
         ids = np.stack([choices[d][:n] for d in doc_ids])  # [batch, n]
-        return RetrievedCandidates(np.zeros(ids.shape, np.float32), ids, [[blocks[b] for b in row] for row in ids])
+        return RetrievedBlocks(ids, np.zeros(ids.shape, np.float32), [[blocks[b] for b in row] for row in ids])
 
     return retrieve
 

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
-from index_builder.build import build_index
-from index_builder.demo import openqa_from, train_reader, train_retriever
+from index_builder.encoding.build import build_index
 from modeling_realm import RealmRetriever
-from modeling_realm.convert import init_from_bert
-from modeling_realm.loading import demo_model_path
-from modeling_realm.qa_eval import evaluate_openqa
-from tokenization import load_corpus, load_qa_file, split_into_blocks
+from modeling_realm.apps.demo import openqa_from, train_reader, train_retriever
+from modeling_realm.models.bert_init import init_from_bert
+from modeling_realm.models.loading import demo_model_path
+from modeling_realm.openqa import load_qa_file
+from modeling_realm.openqa.evaluation import evaluate_openqa
+from tokenization import load_corpus, split_into_blocks
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"
 
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
 
 def gold_recall(retriever, index, tokenizer, records: list[dict], ks=(1, 5, 20, 100)) -> dict:
     """Gold-passage recall@k of a retriever over an index (block doc ids are passage ids)."""
-    from tokenization import gold_block_recall
+    from modeling_realm.openqa import gold_block_recall
 
     found = []
     with torch.no_grad():

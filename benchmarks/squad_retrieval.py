@@ -38,9 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from index_builder import build_index  # noqa: E402
 from modeling_realm import RealmRetriever  # noqa: E402
-from modeling_realm.convert import init_from_bert  # noqa: E402
-from modeling_realm.loading import demo_model_path  # noqa: E402
-from tokenization import gold_block_recall, load_corpus, load_qa_file, split_into_blocks  # noqa: E402
+from modeling_realm.models.bert_init import init_from_bert  # noqa: E402
+from modeling_realm.models.loading import demo_model_path  # noqa: E402
+from modeling_realm.openqa import gold_block_recall, load_qa_file  # noqa: E402
+from tokenization import load_corpus, split_into_blocks  # noqa: E402
 
 SQUAD = ROOT.parent / "shared" / "data" / "squad"
 KS = (1, 5, 20, 100)

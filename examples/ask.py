@@ -7,7 +7,7 @@
 Run `python examples/ask.py --help` for every option.
 """
 
-from index_builder.ask import main
+from modeling_realm.apps import realm_qa
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(realm_qa())

@@ -16,8 +16,7 @@ import logging
 
 import torch
 
-from modeling_realm import RealmEmbedder
-from modeling_realm.convert import init_from_bert
+from modeling_realm import RealmEmbedder, init_from_bert
 from tokenization import RealmTokenizerFast
 
 DEFAULT_TEXTS = [

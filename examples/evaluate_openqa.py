@@ -19,10 +19,9 @@ import os
 from pathlib import Path
 
 from index_builder import BlockIndex
-from index_builder.demo import load_demo
-from modeling_realm import RealmForOpenQA
-from modeling_realm.qa_eval import evaluate_openqa
-from tokenization import load_qa_file
+from modeling_realm import RealmForOpenQA, evaluate_openqa
+from modeling_realm.apps import load_demo
+from modeling_realm.openqa import load_qa_file
 
 
 def parse_args(argv=None):

@@ -28,7 +28,6 @@ import argparse
 import logging
 import math
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,17 +40,10 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from index_builder import BlockIndex
-from index_builder.storage import atomic_directory
-from modeling_realm import RealmForOpenQA
-from modeling_realm.qa_training import training_batch
+from modeling_realm import RealmForOpenQA, checkpoint_to_resume, load_trainer_state, save_trained, write_json
+from modeling_realm import save_checkpoint as save_checkpoint_dir
+from modeling_realm.openqa import collate_qa, evaluate_predictions, load_qa, training_batch
 from tokenization import RealmTokenizerFast
-from tokenization.qa_metrics import evaluate_predictions
-
-if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling helper modules, also when imported
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checkpoints import checkpoint_to_resume, load_trainer_state, write_json  # noqa: E402
-from checkpoints import save_checkpoint as save_checkpoint_dir  # noqa: E402
-from openqa_data import collate, load_qa  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -166,12 +158,7 @@ def save_checkpoint(run):
 
 def save_model(run, directory: Path, metrics: dict):
     """save_pretrained of the unwrapped model + tokenizer (+ metrics.json) to `directory`, atomically."""
-    if run.accelerator.is_main_process:
-        with atomic_directory(directory, overwrite=True) as staging:
-            run.accelerator.unwrap_model(run.model).save_pretrained(staging)
-            run.tokenizer.save_pretrained(staging)
-            write_json(staging / "metrics.json", metrics)
-    run.accelerator.wait_for_everyone()
+    save_trained(run.accelerator, directory, {"": run.accelerator.unwrap_model(run.model)}, run.tokenizer, metrics)
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -312,7 +299,7 @@ def setup(args) -> Run:
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(args.warmup_ratio * total_steps) * accelerator.num_processes,
         total_steps * accelerator.num_processes)
-    loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate)
+    loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate_qa)
     with warnings.catch_warnings():  # broadcast_buffers=False is deprecated in torch, but is the flag that also
         warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)  # skips the init sync
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)

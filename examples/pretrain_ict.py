@@ -35,7 +35,6 @@ import argparse
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,28 +45,21 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-from index_builder import build_index
-from index_builder.build import with_block_ids
-from index_builder.storage import atomic_directory
-from modeling_realm.ict import (
+from index_builder import build_index, with_block_ids
+from modeling_realm import checkpoint_to_resume, load_retriever, load_trainer_state, save_trained, write_json
+from modeling_realm import save_checkpoint as save_checkpoint_dir
+from modeling_realm.models import demo_model_path
+from modeling_realm.openqa import DEFAULT_KS, gold_block_recall, load_qa_file
+from modeling_realm.pretraining import (
     DEFAULT_KEEP_PROB,
-    DEFAULT_QUERY_LENGTH,
+    ICT_QUERY_LENGTH,
     IctCollator,
     can_make_ict_example,
     freeze_unused_heads,
     in_batch_loss,
     with_separate_towers,
 )
-from modeling_realm.loading import demo_model_path, load_retriever
-from tokenization import load_corpus, load_qa_file, split_into_blocks
-from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN
-from tokenization.blocks import DEFAULT_MAX_BLOCK_LENGTH
-from tokenization.qa_metrics import DEFAULT_KS, gold_block_recall
-
-if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling helper modules, also when imported
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checkpoints import checkpoint_to_resume, load_trainer_state, write_json  # noqa: E402
-from checkpoints import save_checkpoint as save_checkpoint_dir  # noqa: E402
+from tokenization import DEFAULT_BLOCK_SEQ_LEN, DEFAULT_MAX_BLOCK_LENGTH, load_corpus, split_into_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +77,7 @@ def parse_args(argv=None):
     data.add_argument("--doc-id-field", default="doc_id")
     data.add_argument("--block-wordpieces", type=int, default=DEFAULT_MAX_BLOCK_LENGTH,
                       help="most wordpieces of text per block when splitting --corpus (REALM: 288)")
-    data.add_argument("--query-max-length", type=int, default=DEFAULT_QUERY_LENGTH, help="query wordpieces (ORQA 64)")
+    data.add_argument("--query-max-length", type=int, default=ICT_QUERY_LENGTH, help="query wordpieces (ORQA 64)")
     data.add_argument("--block-max-length", type=int, default=DEFAULT_BLOCK_SEQ_LEN,
                       help="block tower input length, title and special tokens included (as the index builder)")
     data.add_argument("--keep-prob", type=float, default=DEFAULT_KEEP_PROB,
@@ -259,12 +251,7 @@ def resume(run, checkpoint: Path):
 
 def save_model(run, directory: Path, metrics: dict):
     """save_pretrained of the unwrapped retriever + tokenizer (+ metrics.json) to `directory`, atomically."""
-    if run.accelerator.is_main_process:
-        with atomic_directory(directory, overwrite=True) as staging:
-            run.accelerator.unwrap_model(run.model).save_pretrained(staging)
-            run.tokenizer.save_pretrained(staging)
-            write_json(staging / "metrics.json", metrics)
-    run.accelerator.wait_for_everyone()
+    save_trained(run.accelerator, directory, {"": run.accelerator.unwrap_model(run.model)}, run.tokenizer, metrics)
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation

@@ -57,7 +57,6 @@ import argparse
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,30 +67,32 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, get_linear_schedule_with_warmup
 
-from index_builder import BlockIndex
-from index_builder.blocks_table import TEXT_COLUMNS
-from index_builder.refresh import DEFAULT_REFRESH_EVERY, DEFAULT_RERANK_FACTOR, MODES, IndexRefresher
-from index_builder.storage import atomic_directory
-from modeling_realm import RealmKnowledgeAugEncoder
-from modeling_realm.convert import realm_config_from_bert
-from modeling_realm.loading import demo_model_path, load_retriever
+from index_builder import TEXT_COLUMNS, BlockIndex
+from modeling_realm import (
+    RealmKnowledgeAugEncoder,
+    checkpoint_to_resume,
+    load_retriever,
+    load_trainer_state,
+    realm_config_from_bert,
+    save_trained,
+    write_json,
+)
+from modeling_realm import save_checkpoint as save_checkpoint_dir
+from modeling_realm.models import demo_model_path
 from modeling_realm.pretraining import (
     DEFAULT_ENCODER_LENGTH,
     DEFAULT_NUM_CANDIDATES,
+    DEFAULT_REFRESH_EVERY,
+    DEFAULT_RERANK_FACTOR,
+    MODES,
+    IndexRefresher,
     MaskedQueryCollator,
     RealmPretrainingModel,
     freeze_unused_parameters,
     pretraining_inputs,
     query_examples,
 )
-from tokenization import add_salient_spans, load_corpus
-from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN
-from tokenization.masking import DEFAULT_QUERY_LENGTH, MASKINGS
-
-if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling helper modules, also when imported
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checkpoints import checkpoint_to_resume, load_trainer_state, write_json  # noqa: E402
-from checkpoints import save_checkpoint as save_checkpoint_dir  # noqa: E402
+from tokenization import DEFAULT_BLOCK_SEQ_LEN, DEFAULT_QUERY_LENGTH, MASKINGS, add_salient_spans, load_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def load_models(args, accelerator):
         raise TypeError(f"Masking needs a fast tokenizer, but {type(tokenizer).__name__} was loaded; pass --tokenizer "
                         "with a tokenizer.json (RealmTokenizerFast / BertTokenizerFast).")
     if args.separate_towers:
-        from modeling_realm.ict import with_separate_towers
+        from modeling_realm.pretraining import with_separate_towers
 
         retriever = with_separate_towers(retriever)
     model = RealmPretrainingModel(retriever, encoder)
@@ -306,13 +307,9 @@ def resume(run, checkpoint: Path):
 
 def save_models(run, metrics: dict):
     """The trained retriever and encoder (save_pretrained + tokenizer) in OUTPUT_DIR/final/{retriever,encoder}."""
-    if run.accelerator.is_main_process:
-        model = run.accelerator.unwrap_model(run.model)
-        with atomic_directory(Path(run.args.output_dir) / "final", overwrite=True) as staging:
-            for name in ("retriever", "encoder"):
-                getattr(model, name).save_pretrained(staging / name, tokenizer=run.tokenizer)
-            write_json(staging / "metrics.json", metrics)
-    run.accelerator.wait_for_everyone()
+    model = run.accelerator.unwrap_model(run.model)
+    save_trained(run.accelerator, Path(run.args.output_dir) / "final",
+                 {"retriever": model.retriever, "encoder": model.encoder}, run.tokenizer, metrics)
 
 
 # ------------------------------------------------------------------------------------------------------ training

@@ -6,15 +6,14 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
+from modeling_realm.models.configuration import RealmConfig
+from modeling_realm.models.embedder import RealmEmbedder
+from modeling_realm.models.encoder import RealmKnowledgeAugEncoder
+from modeling_realm.models.reader import RealmReader
+from modeling_realm.models.retriever import RealmRetriever
+from modeling_realm.models.scorer import RealmScorer
+from modeling_realm.openqa.model import RealmForOpenQA
 from tokenization import RealmTokenizer, RealmTokenizerFast
-
-from .configuration import RealmConfig
-from .embedder import RealmEmbedder
-from .encoder import RealmKnowledgeAugEncoder
-from .openqa import RealmForOpenQA
-from .reader import RealmReader
-from .retriever import RealmRetriever
-from .scorer import RealmScorer
 
 MODEL_CLASSES = (RealmEmbedder, RealmScorer, RealmKnowledgeAugEncoder, RealmReader, RealmRetriever, RealmForOpenQA)
 

@@ -12,7 +12,7 @@ PARITY = FIXTURES / "parity"
 VOCAB = FIXTURES / "vocab.txt"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-# The tiny config of DESIGN.md section 7: hidden 32, 2 layers, projection 16, k 2.
+# The tiny config of ARCHITECTURE.md (tests): hidden 32, 2 layers, projection 16, k 2.
 TINY = dict(vocab_size=106, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             retriever_proj_size=16, num_candidates=2, max_position_embeddings=64, span_hidden_size=8,
             max_span_width=3, reader_beam_size=2, reader_seq_len=24, num_block_records=6, searcher_beam_size=3,

@@ -398,8 +398,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------------------------------- account
 
     def _agent_harnesses(self) -> None:
-        """huggingface_hub asks once per process which agent harnesses the Hub knows; none here."""
-        self._send_json([])
+        """huggingface_hub asks once per process which agent harnesses the Hub knows; none here (an empty registry in
+        the Hub's shape: huggingface_hub 2.4 reads it as a dict)."""
+        self._send_json({"standardEnvVars": [], "harnesses": {}})
 
     def _whoami(self) -> None:
         self._require_token()

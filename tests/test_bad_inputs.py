@@ -24,10 +24,10 @@ from huggingface_hub.errors import StrictDataclassError
 
 from index_builder import BlockIndex
 from modeling_realm import RealmConfig, RealmEmbedder, RealmForOpenQA, RealmRetriever
-from modeling_realm.loading import load_retriever
+from modeling_realm.models.loading import load_retriever
+from modeling_realm.openqa.answers import compile_answer_pattern, load_qa_file
 from tests.helpers import PARITY, VOCAB, tiny_config
 from tokenization import RealmTokenizerFast, load_corpus, split_into_blocks
-from tokenization.answers import compile_answer_pattern, load_qa_file
 
 OPENQA = PARITY / "tiny" / "RealmForOpenQA"
 DIM = 16  # retriever_proj_size of the tiny configs

@@ -31,9 +31,9 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from index_builder import BlockIndex
-from index_builder.cli import main as build_index_cli
-from tests import test_finetune_openqa, test_pretrain_ict, test_pretrain_realm
-from tokenization.synthetic import documents, invent_people
+from modeling_realm.apps.build_index import main as build_index_cli
+from modeling_realm.apps.synthetic import documents, invent_people
+from tests.examples import test_finetune_openqa, test_pretrain_ict, test_pretrain_realm
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -185,7 +185,7 @@ class IndexStage(Stage):
         assert not (out / ".index.encoding").exists(), "the finished build removes its encoding work directory"
 
     def command(self, out: Path) -> list[str]:
-        return [sys.executable, "-m", "index_builder.cli", *self.argv(out)]
+        return [sys.executable, "-m", "modeling_realm.apps.build_index", *self.argv(out)]
 
 
 class ScriptStage(Stage):
@@ -325,7 +325,7 @@ def refresh_workers(versions: Path) -> list[int]:
             argv = cmdline.read_bytes().split(b"\0")
         except OSError:  # the process ended while we looked
             continue
-        if b"index_builder.refresh" in argv and str(versions).encode() in argv:
+        if b"modeling_realm.pretraining.refresh" in argv and str(versions).encode() in argv:
             pids.append(int(cmdline.parent.name))
     return pids
 

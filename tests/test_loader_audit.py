@@ -6,7 +6,7 @@ to a call, and calls of the `eval`/`exec` builtins. It also checks that every fu
 loader has a row in SECURITY.md, and that every row of SECURITY.md names a file and function that exist.
 
 The refusal of google's pickled `block_records.npy` without `allow_pickle=True` is a behaviour test in
-tests/index_builder/test_convert.py (`test_pickled_records_are_refused_without_allow_pickle`,
+tests/index_builder/test_google_checkpoint.py (`test_pickled_records_are_refused_without_allow_pickle`,
 `test_refused_records_are_never_unpickled`); it is not repeated here.
 """
 
@@ -23,9 +23,10 @@ SECURITY = ROOT / "SECURITY.md"
 
 # (file, enclosing function) -> why a literal allow_pickle=True is acceptable there.
 ALLOWED_PICKLE = {
-    ("index_builder/convert.py", "_load_records"): "google's block_records.npy is a pickled object array; the caller "
-    "(index_from_realm_checkpoint) reaches it only after _records_dtype refused object arrays unless the user passed "
-    "allow_pickle=True, which defaults to False",
+    ("index_builder/google_checkpoint.py", "_load_records"):
+        "google's block_records.npy is a pickled object array; the caller "
+        "(index_from_realm_checkpoint) reaches it only after _records_dtype refused object arrays unless the user "
+        "passed allow_pickle=True, which defaults to False",
 }
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal"}
 PICKLE_CALLS = {"joblib.load", "pd.read_pickle", "pandas.read_pickle", "read_pickle"}
@@ -167,8 +168,8 @@ def test_every_allowlisted_pickle_site_exists():
 
 def test_the_pickle_opt_in_defaults_to_false():
     from index_builder import BlockIndex
-    from index_builder.ask import parse_args
-    from index_builder.convert import index_from_realm_checkpoint
+    from index_builder.google_checkpoint import index_from_realm_checkpoint
+    from modeling_realm.apps.ask import parse_args
 
     for function in (index_from_realm_checkpoint, BlockIndex.from_realm_checkpoint):
         assert inspect.signature(function).parameters["allow_pickle"].default is False, function
@@ -219,9 +220,9 @@ def test_the_scanner_passes_safe_code(snippet):
 
 def test_the_allowlist_is_per_function():
     snippet = "def _load_records(path, dtype):\n    return np.load(path, allow_pickle=True)\n"
-    assert scan_source(snippet, "index_builder/convert.py") == []
+    assert scan_source(snippet, "index_builder/google_checkpoint.py") == []
     assert scan_source(snippet, "index_builder/other.py") != []
-    assert scan_source(snippet.replace("_load_records", "_other"), "index_builder/convert.py") != []
+    assert scan_source(snippet.replace("_load_records", "_other"), "index_builder/google_checkpoint.py") != []
 
 
 # ------------------------------------------------------------------------------------------------ SECURITY.md
@@ -265,7 +266,7 @@ def test_every_loader_site_has_a_security_row():
 
 
 def test_the_row_parser_and_site_finder_can_fail(tmp_path):
-    assert security_rows("| `index_builder/convert.py:_records_dtype` | x |\n| module | reads |\n") == [
-        ("index_builder/convert.py", "_records_dtype")]
+    assert security_rows("| `index_builder/google_checkpoint.py:_records_dtype` | x |\n| module | reads |\n") == [
+        ("index_builder/google_checkpoint.py", "_records_dtype")]
     sites = loader_sites("def f(p):\n    def g():\n        return faiss.read_index(p)\n    return g\n", "x.py")
     assert [(scopes, name) for _, scopes, _, name in sites] == [(("f", "g"), "faiss.read_index")]

@@ -1,34 +1,51 @@
-"""Tokenizers and text preparation for REALM: WordPiece tokenizers, corpus -> blocks, reader inputs, answers."""
+"""Text -> token ids for REALM: the WordPiece tokenizers, corpora, sentences, corpus -> blocks, the token inputs of the
+block tower and the reader, and the masked queries of pretraining. Nothing here knows a model or an index.
 
-from .answers import exact_match, f1_score, has_answer, load_qa_file, normalize_answer, regex_match
-from .blocks import split_into_blocks
-from .corpus import CorpusError, load_corpus
-from .masking import make_masked_batch, mask_random_spans, mask_random_tokens, mask_salient_spans
-from .qa_metrics import evaluate_predictions, gold_block_recall, retrieval_recall
-from .salient_spans import add_salient_spans, find_salient_spans, salient_spans_per_sentence
-from .sentences import split_sentences
-from .tokenization_realm import RealmTokenizer, RealmTokenizerFast
+The floor plan of all three packages is in ARCHITECTURE.md at the repository root.
+"""
+
+from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN, block_inputs
+from tokenization.blocks import DEFAULT_MAX_BLOCK_LENGTH, split_into_blocks
+from tokenization.corpus import CorpusError, load_corpus
+from tokenization.jsonl import jsonl_values
+from tokenization.masking import (
+    DEFAULT_QUERY_LENGTH,
+    IGNORE_INDEX,
+    MASKINGS,
+    add_salient_spans,
+    find_salient_spans,
+    make_masked_batch,
+    mask_random_spans,
+    mask_random_tokens,
+    mask_salient_spans,
+    salient_spans_per_sentence,
+)
+from tokenization.reader_inputs import ReaderBatch, answer_token_spans, char_span_to_tokens, reader_inputs
+from tokenization.sentences import split_sentences
+from tokenization.tokenization_realm import RealmTokenizer, RealmTokenizerFast
 
 __all__ = [
+    "DEFAULT_BLOCK_SEQ_LEN",
+    "DEFAULT_MAX_BLOCK_LENGTH",
+    "DEFAULT_QUERY_LENGTH",
+    "IGNORE_INDEX",
+    "MASKINGS",
     "CorpusError",
+    "ReaderBatch",
     "RealmTokenizer",
     "RealmTokenizerFast",
     "add_salient_spans",
-    "evaluate_predictions",
-    "exact_match",
-    "f1_score",
+    "answer_token_spans",
+    "block_inputs",
+    "char_span_to_tokens",
     "find_salient_spans",
-    "gold_block_recall",
-    "has_answer",
+    "jsonl_values",
     "load_corpus",
-    "load_qa_file",
     "make_masked_batch",
     "mask_random_spans",
     "mask_random_tokens",
     "mask_salient_spans",
-    "normalize_answer",
-    "regex_match",
-    "retrieval_recall",
+    "reader_inputs",
     "salient_spans_per_sentence",
     "split_into_blocks",
     "split_sentences",

@@ -10,11 +10,11 @@ import logging
 
 import numpy as np
 
-from .sentences import sentence_spans
+from tokenization.sentences import sentence_spans
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BLOCK_LENGTH = 288  # DESIGN.md section 6
+DEFAULT_MAX_BLOCK_LENGTH = 288  # ARCHITECTURE.md, the REALM recipe
 CORPUS_COLUMNS = ("doc_id", "title", "text")
 BLOCK_COLUMNS = ("block_id", "doc_id", "title", "text", "num_tokens")
 

@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jsonl import jsonl_values
+from tokenization.jsonl import jsonl_values
+from tokenization.storage import atomic_file, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def load_corpus(source, title_field="title", text_field="text", doc_id_field="do
     report_path = arrow_path.with_suffix(".json")
     if not (arrow_path.exists() and report_path.exists()):
         report = _write_checked(opened, fields, on_error, arrow_path)
-        _atomic_write_text(report_path, json.dumps(report))
+        atomic_write_text(report_path, json.dumps(report))
     report = json.loads(report_path.read_text())
     _log_skipped(opened.name, report)
     return _datasets().Dataset.from_file(str(arrow_path))
@@ -296,18 +297,13 @@ def _write_checked(opened: _Source, fields: _Fields, on_error: str, arrow_path: 
     datasets = _datasets()
     schema = datasets.Features({name: datasets.Value("string") for name in ("doc_id", "title", "text")}).arrow_schema
     arrow_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = arrow_path.with_name(f".{arrow_path.name}.{os.getpid()}.tmp")
     state = {"records": 0, "documents": 0, "skipped": 0, "examples": [], "fields_seen": set(), "text_seen": False}
-    try:
+    with atomic_file(arrow_path) as temporary:
         with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             for rows in _checked_batches(opened, fields, on_error, state):
                 writer.write_batch(pa.RecordBatch.from_pydict(rows, schema=schema))
         if state["documents"] == 0:
             raise CorpusError(_empty_message(opened.name, fields, state))
-        os.replace(temporary, arrow_path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
     return {key: state[key] for key in ("records", "documents", "skipped", "examples")}
 
 
@@ -362,9 +358,3 @@ def _log_skipped(name: str, report: dict) -> None:
     if report["skipped"]:
         logger.warning("%s: skipped %d bad records of %d (kept %d documents). First: %s", name, report["skipped"],
                        report["records"], report["documents"], " | ".join(report["examples"]))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

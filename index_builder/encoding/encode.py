@@ -1,0 +1,226 @@
+"""Blocks -> embeddings with the block tower, in length-sorted batches, resumable and sharded across processes.
+
+The work directory holds `encoding.json` (what is being encoded, and how) and one `chunk-XXXXXX.npy` per
+`chunk_size` blocks, each written to a temporary name and renamed into place when complete. Chunk `c` belongs to
+process `c % num_processes`, so under `accelerate launch --num_processes N` every process encodes its own share;
+a run that is killed and started again skips the chunks that exist and loses at most one chunk per process.
+"""
+
+import json
+import logging
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xxhash
+from tqdm.auto import tqdm
+
+from index_builder.index.fingerprint import block_embedder_of, weights_fingerprint
+from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN, block_inputs
+from tokenization.storage import atomic_file, atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+ENCODING_FILE = "encoding.json"
+DEFAULT_CHUNK_SIZE = 8192
+MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class EncodingPlan:
+    """What a work directory encodes; a resumed run must agree with it."""
+
+    num_blocks: int
+    dimension: int
+    chunk_size: int
+    max_length: int
+    blocks_digest: str
+    embedder_fingerprint: str
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_blocks // self.chunk_size)
+
+    def chunk_rows(self, chunk: int) -> range:
+        return range(chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, self.num_blocks))
+
+
+def encode_blocks(blocks, model, tokenizer, work_dir, batch_size: int = 64, max_length: int = DEFAULT_BLOCK_SEQ_LEN,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, accelerator=None, mixed_precision: str = "no",
+                  progress: bool = True) -> "ChunkedEmbeddings":
+    """Embed every block of `blocks` (a datasets.Dataset with `title` and `text`) into `work_dir`.
+
+    Args:
+        model: a RealmRetriever, RealmScorer or RealmEmbedder; its block tower is used, in eval mode.
+        accelerator: an `accelerate.Accelerator` (or None for one process); each process encodes its chunks, then
+            all wait for each other.
+        mixed_precision: "no", "fp16" or "bf16" (autocast; fp16 needs a GPU). Embeddings are stored as float32.
+    Returns the `[num_blocks, dim]` embeddings, read lazily from the chunk files.
+    """
+    embedder = block_embedder_of(model).eval()
+    device = accelerator.device if accelerator is not None else next(embedder.parameters()).device
+    embedder.to(device)
+    plan = _plan(blocks, embedder, chunk_size, max_length)
+    rank, world = _process_info(accelerator)
+    work_dir = Path(work_dir)
+    _open_work_dir(work_dir, plan, is_main=rank == 0, accelerator=accelerator)
+    mine = [c for c in range(plan.num_chunks) if c % world == rank and not chunk_path(work_dir, c).exists()]
+    _log_resume(plan, work_dir, mine, world)
+    bar = tqdm(total=sum(len(plan.chunk_rows(c)) for c in mine), desc=f"Encoding blocks [{rank}/{world}]",
+               unit="block", disable=not progress or not mine)
+    autocast = _autocast(device, mixed_precision)
+    for chunk in mine:
+        rows = plan.chunk_rows(chunk)
+        vectors = _encode_rows(blocks, rows, embedder, tokenizer, batch_size, max_length, device, autocast, bar)
+        _save_chunk(work_dir, chunk, vectors)
+    bar.close()
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return ChunkedEmbeddings(work_dir)
+
+
+def chunk_path(work_dir: Path, chunk: int) -> Path:
+    return Path(work_dir) / f"chunk-{chunk:06d}.npy"
+
+
+def _plan(blocks, embedder, chunk_size: int, max_length: int) -> EncodingPlan:
+    if chunk_size < 1 or max_length < 8:
+        raise ValueError(f"chunk_size must be >= 1 and max_length >= 8, got {chunk_size} and {max_length}.")
+    missing = {"title", "text"} - set(blocks.column_names)
+    if missing:
+        raise ValueError(f"The blocks lack columns {sorted(missing)} (they have {blocks.column_names}); make them "
+                         "with tokenization.split_into_blocks.")
+    if len(blocks) == 0:
+        raise ValueError("Cannot encode an empty corpus: no blocks were produced. Check the corpus file.")
+    return EncodingPlan(num_blocks=len(blocks), dimension=embedder.config.retriever_proj_size,
+                        chunk_size=chunk_size, max_length=max_length, blocks_digest=blocks_digest(blocks),
+                        embedder_fingerprint=weights_fingerprint(embedder))
+
+
+def blocks_digest(blocks, samples: int = 1024) -> str:
+    """A cheap content hash: the row count and the title and text of up to `samples` evenly spaced blocks."""
+    digest = xxhash.xxh3_64()
+    digest.update(str(len(blocks)).encode())
+    rows = np.unique(np.linspace(0, len(blocks) - 1, num=min(samples, len(blocks))).astype(np.int64))
+    sample = blocks.select_columns(["title", "text"])[rows]
+    for title, text in zip(sample["title"], sample["text"], strict=True):
+        digest.update(f"{len(title)}:{title}{len(text)}:{text}".encode())
+    return digest.hexdigest()
+
+
+def _process_info(accelerator) -> tuple[int, int]:
+    if accelerator is not None:
+        return accelerator.process_index, accelerator.num_processes
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _open_work_dir(work_dir: Path, plan: EncodingPlan, is_main: bool, accelerator) -> None:
+    """Create the work directory with its plan, or check that an existing one encodes the same thing."""
+    path = work_dir / ENCODING_FILE
+    if is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        for stale in work_dir.glob(".chunk-*.tmp-*"):  # left by a killed run; no process is encoding yet
+            stale.unlink()
+        if not path.exists():
+            atomic_write_bytes(path, (json.dumps(asdict(plan), indent=2) + "\n").encode())
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    existing = json.loads(path.read_text())
+    differing = sorted(k for k, v in asdict(plan).items() if existing.get(k) != v)
+    if differing:
+        raise ValueError(f"{work_dir} holds an unfinished encoding of other blocks or settings (differs in "
+                         f"{', '.join(differing)}). Delete it to start over, or pass another work directory.")
+
+
+def _log_resume(plan: EncodingPlan, work_dir: Path, mine: list[int], world: int) -> None:
+    done = sum(chunk_path(work_dir, c).exists() for c in range(plan.num_chunks))
+    if done:
+        logger.info("Resuming the encoding in %s: %d of %d chunks already done", work_dir, done, plan.num_chunks)
+    logger.info("This process encodes %d chunks (%d processes)", len(mine), world)
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {sorted(MIXED_PRECISION)}, got {mixed_precision!r}.")
+    dtype = MIXED_PRECISION[mixed_precision]
+    if dtype is None:
+        return nullcontext
+    if dtype is torch.float16 and device.type == "cpu":
+        raise ValueError("fp16 needs a GPU; on CPU use mixed_precision='bf16' or 'no'.")
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def _encode_rows(blocks, rows: range, embedder, tokenizer, batch_size, max_length, device, autocast, bar):
+    """Embed blocks `rows` longest first (less padding per batch); returns `[len(rows), dim]` float32 in row order."""
+    chunk = blocks.select_columns(["title", "text"])[rows.start:rows.stop]
+    titles, texts = chunk["title"], chunk["text"]
+    order = np.argsort([-(len(a) + len(b)) for a, b in zip(titles, texts, strict=True)], kind="stable")
+    vectors = np.empty((len(rows), embedder.config.retriever_proj_size), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        inputs = block_inputs(tokenizer, [titles[i] for i in batch], [texts[i] for i in batch], max_length)
+        with autocast():
+            # [batch, retriever_proj_size]
+            projected = embedder(**inputs.to(device), return_dict=True).projected_score
+        vectors[batch] = projected.float().cpu().numpy()
+        bar.update(len(batch))
+    _check_finite(vectors, rows.start)
+    return vectors
+
+
+def _check_finite(vectors: np.ndarray, first_row: int) -> None:
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if bad.size:
+        raise FloatingPointError(f"The block embedder produced NaN or inf for blocks {(bad + first_row)[:10].tolist()}"
+                                 "; with fp16 this is usually overflow: use bf16 or mixed_precision='no'.")
+
+
+def _save_chunk(work_dir: Path, chunk: int, vectors: np.ndarray) -> None:
+    with atomic_file(chunk_path(work_dir, chunk)) as staging, open(staging, "wb") as handle:
+        np.save(handle, vectors, allow_pickle=False)
+
+
+class ChunkedEmbeddings:
+    """Read-only `[num_blocks, dim]` view over a finished work directory's chunk files (memory-mapped).
+
+    Supports `len`, `.shape` and `[start:stop]` slices, which is what `BlockIndex.build` reads.
+    """
+
+    def __init__(self, work_dir):
+        self.work_dir = Path(work_dir)
+        self.plan = EncodingPlan(**json.loads((self.work_dir / ENCODING_FILE).read_text()))
+        missing = [c for c in range(self.plan.num_chunks) if not chunk_path(self.work_dir, c).exists()]
+        if missing:
+            raise FileNotFoundError(f"{self.work_dir} lacks chunks {missing[:10]} of {self.plan.num_chunks}: the "
+                                    "encoding is unfinished. Run the same command again to finish it.")
+
+    def __len__(self) -> int:
+        return self.plan.num_blocks
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.plan.num_blocks, self.plan.dimension
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("ChunkedEmbeddings supports contiguous slices [start:stop] only.")
+        start, stop, _ = key.indices(len(self))
+        size = self.plan.chunk_size
+        parts = []
+        for chunk in range(start // size, -(-stop // size)):
+            first = chunk * size
+            data = np.load(chunk_path(self.work_dir, chunk), mmap_mode="r", allow_pickle=False)
+            parts.append(data[max(start - first, 0):min(stop - first, len(data))])
+        # [stop - start, dim]
+        return np.concatenate(parts) if parts else np.empty((0, self.plan.dimension), dtype=np.float32)
+
+    def remove_files(self) -> None:
+        """Delete the chunk files and the plan once an index has been built from them."""
+        for chunk in range(self.plan.num_chunks):
+            chunk_path(self.work_dir, chunk).unlink(missing_ok=True)
+        (self.work_dir / ENCODING_FILE).unlink(missing_ok=True)

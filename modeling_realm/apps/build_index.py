@@ -1,0 +1,107 @@
+"""`realm-build-index`: build a searchable BlockIndex from a corpus file and a retriever, in one command."""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+Build a REALM block index: split a corpus into blocks of at most 288 wordpieces, embed every block with a
+retriever's block tower, and save the blocks, their embeddings and a FAISS index to a directory that
+BlockIndex.load_from_disk (or realm-qa) reads.
+
+examples:
+  realm-build-index docs.jsonl --output my-index
+  realm-build-index docs.csv --output my-index --text-field body --title-field heading --factory IVF1024,PQ32
+  accelerate launch --num_processes 4 -m modeling_realm.apps.build_index docs.parquet --output my-index \
+      --mixed-precision bf16
+
+The corpus is a .jsonl/.json/.csv/.parquet file, a directory saved with datasets' save_to_disk, or a Hub dataset
+id; each record needs a text field (and optionally title and doc_id). Without --model, the offline demo model
+(all-MiniLM-L6-v2 with an untrained projection) is used. A run that is interrupted resumes where it stopped when
+the same command is run again (the finished embeddings wait in a hidden folder next to --output).
+"""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="realm-build-index", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("corpus", help="corpus file, saved datasets directory, or Hub dataset id")
+    parser.add_argument("--output", "-o", required=True, help="directory to write the index to")
+    parser.add_argument("--model", default=None,
+                        help="REALM retriever/scorer/embedder or BERT checkpoint (Hub id or directory); "
+                             "default: the offline MiniLM demo")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's)")
+    parser.add_argument("--factory", default="Flat",
+                        help="FAISS factory string: Flat (exact, default), IVF{n},Flat, IVF{n},PQ{m}, HNSW32")
+    parser.add_argument("--search-param", action="append", default=[], metavar="NAME=VALUE",
+                        help="query-time setting stored with the index, e.g. nprobe=32 or efSearch=128")
+    corpus = parser.add_argument_group("corpus")
+    corpus.add_argument("--text-field", default="text")
+    corpus.add_argument("--title-field", default="title")
+    corpus.add_argument("--doc-id-field", default="doc_id")
+    corpus.add_argument("--split", default="train", help="split of a Hub or saved dataset (default train)")
+    corpus.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                        help="bad records: stop with an error naming file and line (default), or skip and count")
+    corpus.add_argument("--max-block-length", type=int, default=288, help="wordpieces per block (default 288)")
+    corpus.add_argument("--num-proc", type=int, default=None, help="processes for splitting the corpus")
+    encoding = parser.add_argument_group("encoding")
+    encoding.add_argument("--batch-size", type=int, default=64)
+    encoding.add_argument("--max-length", type=int, default=512, help="tokens per block input, title included")
+    encoding.add_argument("--chunk-size", type=int, default=8192, help="blocks per resumable chunk")
+    encoding.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    encoding.add_argument("--cpu", action="store_true", help="encode on CPU even when a GPU is present")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing index at --output")
+    parser.add_argument("--keep-embeddings", action="store_true", help="keep the chunk files after building")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def search_params_of(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--search-param expects NAME=VALUE (e.g. nprobe=32), got {pair!r}.")
+        params[name] = int(value) if value.isdigit() else float(value)
+    return params
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer
+
+    from index_builder.encoding.build import build_index
+    from modeling_realm.models.loading import demo_model_path, load_retriever
+    from tokenization import load_corpus, split_into_blocks
+
+    started = time.perf_counter()
+    accelerator = Accelerator(cpu=args.cpu)
+    model = load_retriever(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model or demo_model_path())
+    with accelerator.main_process_first():
+        corpus = load_corpus(args.corpus, title_field=args.title_field, text_field=args.text_field,
+                             doc_id_field=args.doc_id_field, split=args.split, on_error=args.on_error)
+        blocks = split_into_blocks(corpus, tokenizer, max_block_length=args.max_block_length, num_proc=args.num_proc)
+    index = build_index(blocks, model, tokenizer, args.output, factory=args.factory, batch_size=args.batch_size,
+                        max_length=args.max_length, chunk_size=args.chunk_size, accelerator=accelerator,
+                        mixed_precision=args.mixed_precision, embedder_name=args.model or "all-MiniLM-L6-v2 demo",
+                        search_params=search_params_of(args.search_param), overwrite=args.overwrite,
+                        keep_embeddings=args.keep_embeddings, progress=not args.quiet)
+    if accelerator.is_main_process:
+        summary = {"documents": len(corpus), "blocks": len(index), "dimension": index.dimension,
+                   "factory": index.factory, "seconds": round(time.perf_counter() - started, 1),
+                   "bytes_on_disk": sum(p.stat().st_size for p in Path(args.output).iterdir()),
+                   "output": str(args.output)}
+        sys.stdout.write(json.dumps(summary) + "\n")
+    accelerator.end_training()  # ends the process group under `accelerate launch`, before the interpreter exits
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""`RealmPreTrainedModel` and the small helpers every REALM tower shares.
+
+Every tower is transformers 5's own `BertModel` stored under the name `realm`, so state-dict names
+(`realm.embeddings.*`, `realm.encoder.layer.N.*`, `realm.pooler.*`) are those of transformers 4.x REALM.
+"""
+
+import contextlib
+import threading
+
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertModel
+
+from modeling_realm.hub.sharing import push_model, save_for_sharing
+from modeling_realm.models.checkpoint_checks import check_local_checkpoint
+from modeling_realm.models.configuration import RealmConfig
+
+# Ties inside every `cls.predictions` head, as in 4.x (`decoder.bias` is the head's `bias`).
+PREDICTION_BIAS_TIE = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
+
+
+class RealmPreTrainedModel(PreTrainedModel):
+    """Base class: weight initialisation, loading rules and input checks shared by the REALM models."""
+
+    config: RealmConfig
+    config_class = RealmConfig
+    base_model_prefix = "realm"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["BertEmbeddings", "BertLayer"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, BertLMPredictionHead):
+            init.zeros_(module.bias)
+
+    def _resolve_return_dict(self, return_dict):
+        return return_dict if return_dict is not None else self.config.return_dict
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`; a local directory is checked first (config.json present, safetensors
+        readable, saved by a class whose weights this one uses: `checkpoint_checks`)."""
+        check_local_checkpoint(pretrained_model_name_or_path, cls.__name__,
+                               config_given=kwargs.get("config") is not None)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, tokenizer=None, model_card: bool = True, **kwargs):
+        """transformers' `save_pretrained` (model.safetensors, config.json), plus what sharing needs.
+
+        Also writes `tokenizer`'s files when one is given, the model's code files with an `auto_map` in config.json
+        (so `AutoModel.from_pretrained(path, trust_remote_code=True)` loads it without realm-hf), and a README.md
+        model card unless `model_card=False`. `repo_id` names the model in the card (default: `save_directory`);
+        `push_to_hub=True` pushes the folder as transformers does.
+        """
+        save_for_sharing(self, super().save_pretrained, save_directory, *args, tokenizer=tokenizer,
+                         write_card=model_card, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, tokenizer=None, model_card: bool = True, **kwargs):
+        """Upload the model (and `tokenizer`), its code and a model card to the Hub repository `repo_id`, in one
+        commit. Keyword arguments are transformers' (`commit_message`, `private`, `token`, `revision`, `create_pr`,
+        `max_shard_size`, `tags`, ...). With `model_card=False` the repository's README.md is left as it is.
+        Returns huggingface_hub's `CommitInfo`."""
+        return push_model(self, repo_id, tokenizer=tokenizer, write_card=model_card, **kwargs)
+
+
+def build_backbone(config: RealmConfig) -> BertModel:
+    """The BERT encoder of one REALM tower (with pooler, as all of google's checkpoints have one)."""
+    bert = BertModel(config, add_pooling_layer=True)
+    if config.hidden_act == "gelu_new":
+        use_fused_tanh_gelu(bert)
+    return bert
+
+
+def use_fused_tanh_gelu(bert: BertModel) -> None:
+    """Compute REALM's `gelu_new` (the tanh approximation of GELU) with torch's fused kernel.
+
+    transformers spells `gelu_new` out in Python, eight passes over the `[batch, seq, intermediate]` activations;
+    `gelu(approximate="tanh")` is the same function in one pass (outputs agree to ~2e-7). On CPU that is ~17% of a
+    BERT-base forward pass, ~20-30% once its matrix products run in int8 (benchmarks/README.md, section 6). The
+    config keeps `gelu_new`, so checkpoints stay as they were.
+    """
+    fused = ACT2FN["gelu_pytorch_tanh"]
+    for layer in bert.encoder.layer:
+        layer.intermediate.intermediate_act_fn = fused
+
+
+def run_backbone(bert, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 head_mask=None, inputs_embeds=None, output_attentions=None, output_hidden_states=None):
+    """Call a transformers 5 `BertModel` with the 4.x REALM argument set.
+
+    Returns a `BaseModelOutputWithPoolingAndCrossAttentions` (`last_hidden_state` `[batch, seq, hidden]`,
+    `pooler_output` `[batch, hidden]`).
+    """
+    if head_mask is not None:
+        raise ValueError(
+            "head_mask is not supported: transformers 5 removed head masking from the BERT layers REALM is "
+            "built on. Pass head_mask=None (the default)."
+        )
+    flags = {}
+    if output_attentions is not None:
+        flags["output_attentions"] = output_attentions
+    if output_hidden_states is not None:
+        flags["output_hidden_states"] = output_hidden_states
+    return bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **flags)
+
+
+def check_rank(name: str, tensor, ranks: tuple[int, ...], layout: str):
+    """Raise a ValueError naming `name` when `tensor` is given with a rank outside `ranks`."""
+    if tensor is not None and tensor.dim() not in ranks:
+        raise ValueError(f"{name} must have shape {layout}, got a tensor of shape {tuple(tensor.shape)}.")
+
+
+def flatten_candidates(*tensors):
+    """View every `[batch, num_candidates, ...]` tensor as `[batch * num_candidates, ...]` (None stays None)."""
+    flat = []
+    for tensor in tensors:
+        if tensor is not None and tensor.dim() > 2:
+            # [batch, num_candidates, seq] -> [batch * num_candidates, seq]
+            tensor = tensor.reshape(-1, tensor.shape[-1])
+        flat.append(tensor)
+    return flat
+
+
+_MODE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def evaluation_mode(module: nn.Module):
+    """Switch `module` to eval mode (no dropout) for the block, then restore its previous mode.
+
+    Safe across threads: while several threads are inside for one module, it stays in eval mode; the first one in
+    records the mode and the last one out restores it.
+    """
+    state = module.__dict__  # plain attributes, never parameters or buffers
+    with _MODE_LOCK:
+        if state.get("_evaluation_depth", 0) == 0:
+            state["_evaluation_restore"] = module.training
+            module.eval()
+        state["_evaluation_depth"] = state.get("_evaluation_depth", 0) + 1
+    try:
+        yield module
+    finally:
+        with _MODE_LOCK:
+            state["_evaluation_depth"] -= 1
+            if state["_evaluation_depth"] == 0:
+                module.train(state.pop("_evaluation_restore"))

@@ -1,0 +1,125 @@
+"""`RealmReader`: answer-span scoring over retrieved blocks, and the span/loss logic `RealmForOpenQA` reuses."""
+
+import torch
+from transformers.models.bert.modeling_bert import BertOnlyMLMHead
+
+from modeling_realm.models.heads import RealmReaderProjection
+from modeling_realm.models.losses import gold_span_mask, marginal_log_loss
+from modeling_realm.models.outputs import RealmReaderOutput
+from modeling_realm.models.pretrained import (
+    PREDICTION_BIAS_TIE,
+    RealmPreTrainedModel,
+    build_backbone,
+    check_rank,
+    run_backbone,
+)
+
+
+def best_span(reader_logits, starts, ends):
+    """Pick the best (block, span) as transformers 4.x did.
+
+    reader_logits `[..., rows, num_spans]` -> block_idx `[...]`, candidate `[...]`, start `[...]`, end `[...]`.
+    """
+    # [...]
+    block_idx = reader_logits.max(dim=-1).values.argmax(dim=-1)
+    # [...]
+    candidate = reader_logits.max(dim=-2).values.argmax(dim=-1)
+    return block_idx, candidate, starts[candidate], ends[candidate]
+
+
+def span_losses(relevance_score, has_answers, reader_logits, starts, ends, gold_starts, gold_ends):
+    """ORQA/REALM fine-tuning losses for one or more questions (leading dims `...`).
+
+    relevance_score, has_answers: `[..., num_blocks]` (all retrieved blocks);
+    reader_logits: `[..., rows, num_spans]` for the first `rows` blocks;
+    gold_starts, gold_ends: `[..., rows, num_answers]` token positions (-1 = none).
+    Returns retriever_loss `[...]`, reader_loss `[...]`, reader_correct `[..., rows, num_spans]`.
+    Each loss is zero for a question whose blocks (or spans) contain no answer at all.
+    """
+    # [..., rows, num_spans]
+    reader_correct = gold_span_mask(starts, ends, gold_starts, gold_ends)
+    # [...]
+    retriever_loss = marginal_log_loss(relevance_score, has_answers)
+    retriever_loss = retriever_loss * has_answers.any(dim=-1).to(torch.float32)
+    # [..., rows * num_spans]
+    flat_logits, flat_correct = reader_logits.flatten(-2), reader_correct.flatten(-2)
+    # [...]
+    reader_loss = marginal_log_loss(flat_logits, flat_correct) * flat_correct.any(dim=-1).to(torch.float32)
+    return retriever_loss, reader_loss, reader_correct
+
+
+def check_reader_length(seq_len: int, max_span_width: int):
+    if seq_len < max_span_width:
+        raise ValueError(
+            f"Reader inputs have {seq_len} tokens, fewer than config.max_span_width={max_span_width}; "
+            "pad reader inputs to at least max_span_width tokens (config.reader_seq_len is the usual length)."
+        )
+
+
+class RealmReader(RealmPreTrainedModel):
+    """Reads the retrieved blocks of one question and scores answer spans; loads `google/realm-orqa-*-reader`.
+
+    State dict: `realm.*` (BERT), `cls.predictions.*` (unused MLM head kept for compatibility) and
+    `qa_outputs.*` (span scorer).
+    """
+
+    _tied_weights_keys = dict(PREDICTION_BIAS_TIE)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.realm = build_backbone(config)
+        self.cls = BertOnlyMLMHead(config)
+        self.qa_outputs = RealmReaderProjection(config)
+        self.post_init()
+
+    def score_spans(self, input_ids, attention_mask, token_type_ids, block_mask, relevance_score, **backbone_kwargs):
+        """Span scores of reader inputs `[rows, seq]` given their blocks' relevance `[rows]`.
+
+        Returns reader_logits `[rows, num_spans]` (span score + block relevance), starts and ends `[num_spans]`,
+        and the backbone output.
+        """
+        outputs = run_backbone(self.realm, input_ids, attention_mask, token_type_ids, **backbone_kwargs)
+        # [rows, num_spans]
+        reader_logits, starts, ends = self.qa_outputs(outputs.last_hidden_state, block_mask)
+        reader_logits = reader_logits + relevance_score.unsqueeze(-1)
+        return reader_logits, starts, ends, outputs
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, relevance_score=None, block_mask=None, start_positions=None, end_positions=None,
+                has_answers=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        """Score spans of the first `rows` retrieved blocks of one question.
+
+        input_ids `[rows, seq]` (`[CLS] question [SEP] block [SEP]`, usually rows = `config.reader_beam_size`);
+        relevance_score `[num_blocks]` and block_mask `[num_blocks, seq]` for all retrieved blocks (the first
+        `rows` are read); with start_positions/end_positions `[num_blocks, num_answers]` and has_answers
+        `[num_blocks]`, the retriever and reader marginal log-likelihood losses are returned as well.
+        """
+        if relevance_score is None:
+            raise ValueError("RealmReader needs relevance_score [num_blocks] to score spans.")
+        if block_mask is None:
+            raise ValueError("RealmReader needs block_mask [num_blocks, seq] to tell block tokens from the question.")
+        check_rank("RealmReader input_ids", input_ids, (2,), "[reader_beam_size, seq]")
+        rows, seq_len = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        check_reader_length(seq_len, self.config.max_span_width)
+        if relevance_score.shape[0] < rows or block_mask.shape[0] < rows:
+            raise ValueError(
+                f"RealmReader got {rows} reader inputs but relevance_score has {relevance_score.shape[0]} and "
+                f"block_mask {block_mask.shape[0]} rows; give a score and a mask for every block read."
+            )
+        reader_logits, starts, ends, outputs = self.score_spans(
+            input_ids, attention_mask, token_type_ids, block_mask[:rows], relevance_score[:rows],
+            position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        block_idx, candidate, start_pos, end_pos = best_span(reader_logits, starts, ends)
+        losses = {}
+        if start_positions is not None and end_positions is not None and has_answers is not None:
+            retriever_loss, reader_loss, reader_correct = span_losses(
+                relevance_score, has_answers, reader_logits, starts, ends,
+                start_positions.clamp(-1, seq_len)[:rows], end_positions.clamp(-1, seq_len)[:rows])
+            losses = dict(loss=(retriever_loss + reader_loss).mean(), retriever_loss=retriever_loss,
+                          reader_loss=reader_loss, retriever_correct=has_answers, reader_correct=reader_correct)
+        # ModelOutput keeps fields in the order they are set, so build it once (loss first, as 4.x's tuple).
+        result = RealmReaderOutput(**losses, block_idx=block_idx, candidate=candidate, start_pos=start_pos.view(1),
+                                   end_pos=end_pos.view(1), hidden_states=outputs.hidden_states,
+                                   attentions=outputs.attentions)
+        return result if self._resolve_return_dict(return_dict) else result.to_tuple()

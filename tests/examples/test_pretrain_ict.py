@@ -1,0 +1,220 @@
+"""examples/pretrain_ict.py on invented biographies and a tiny retriever: the ICT loss goes down and the index it
+builds is scored, a crashed run resumes to the weights of an uninterrupted one, two CPU processes (torchrun + gloo)
+share their blocks as negatives, pre-split blocks and a shared tower work, bad inputs fail clearly."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+from index_builder import BlockIndex
+from modeling_realm import RealmRetriever
+from modeling_realm.apps.synthetic import documents, invent_people, questions
+from modeling_realm.pretraining.ict import IctCollator, in_batch_loss
+from tests.helpers import tiny_config
+from tokenization import RealmTokenizerFast
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "examples" / "pretrain_ict.py"
+NUM_PEOPLE = 40  # one block per biography, each of 3-4 sentences
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("pretrain_ict", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy shared CPU spinning threads make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator; accelerate keeps process-wide singletons, so reset them."""
+    yield
+    reset_accelerate()
+
+
+def reset_accelerate():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return make_workdir(tmp_path_factory.mktemp("pretrain_ict"))
+
+
+def make_workdir(root: Path) -> Path:
+    """Invented biographies (corpus.jsonl), questions with their gold document (qa.jsonl), and a tiny untrained
+    RealmRetriever with one shared tower and a word-level vocabulary of the corpus (model/)."""
+    people = invent_people(NUM_PEOPLE)
+    docs, qa = documents(people), questions(people)
+    vocab = sorted({w for d in docs for w in words(d["title"] + " " + d["text"])} |
+                   {w for q in qa for w in words(q["question"])})
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *vocab]) + "\n")
+    torch.manual_seed(0)
+    # A wider initialisation than BERT's 0.02 makes the untrained tiny towers tell blocks apart from the start.
+    model = RealmRetriever(tiny_config(vocab_size=len(vocab) + 5, max_position_embeddings=128,
+                                       initializer_range=0.1))
+    model.save_pretrained(root / "model")
+    RealmTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(root / "model")
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "qa.jsonl").write_text("".join(json.dumps({"question": q["question"], "answer": q["answer"],
+                                                       "gold_doc_id": q["doc_id"]}) + "\n" for q in qa))
+    return root
+
+
+def cli(root: Path, output_dir: Path, *extra) -> list[str]:
+    return ["--model", str(root / "model"), "--corpus", str(root / "corpus.jsonl"), "--output-dir", str(output_dir),
+            "--per-device-train-batch-size", "8", "--query-max-length", "32", "--block-max-length", "128",
+            "--learning-rate", "3e-3", "--seed", "0", *[str(x) for x in extra]]
+
+
+def fixed_loss(directory: Path, root: Path) -> float:
+    """ICT loss of the model in `directory` on all 40 blocks at once, with fixed draws (query always removed)."""
+    model = RealmRetriever.from_pretrained(directory).eval()
+    tokenizer = RealmTokenizerFast.from_pretrained(root / "model")
+    rows = [{**json.loads(line), "block_id": i} for i, line in enumerate((root / "corpus.jsonl").open())]
+    batch = IctCollator(tokenizer, 32, 128, keep_prob=0.0, seed=123)(rows)
+    with torch.no_grad():
+        out = model(**batch, return_dict=True)
+        return in_batch_loss(out.query_embeddings, out.block_embeddings).loss.item()
+
+
+def test_training_lowers_the_ict_loss_and_scores_the_new_index(script, workdir, tmp_path):
+    metrics = script.main(cli(workdir, tmp_path, "--max-train-steps", 50, "--logging-steps", 10,
+                              "--eval-file", workdir / "qa.jsonl", "--eval-at-start", "--eval-k", "1,5,100"))
+    assert metrics == json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["completed_steps"] == 50 and metrics["num_candidates"] == 8 and metrics["num_processes"] == 1
+    assert [r["step"] for r in metrics["history"]] == [10, 20, 30, 40, 50]
+    assert all(0 <= r["accuracy"] <= 1 and r["loss"] > 0 for r in metrics["history"])
+    before, after = fixed_loss(workdir / "model", workdir), fixed_loss(tmp_path / "final", workdir)
+    assert after < before - 0.4, (before, after)  # ln(40) = 3.69 for a retriever that cannot tell blocks apart
+    final = RealmRetriever.from_pretrained(tmp_path / "final")
+    assert final.config.separate_query_embedder  # ORQA's default: separate towers from the same start
+    assert (tmp_path / "final" / "tokenizer.json").is_file()
+    initial = RealmRetriever.from_pretrained(workdir / "model")
+    index = BlockIndex.load_from_disk(tmp_path / "index")
+    assert len(index) == NUM_PEOPLE and index.check_compatible(final, warn=False)  # built by the trained tower
+    assert BlockIndex.load_from_disk(tmp_path / "index_initial").check_compatible(initial, warn=False)
+    for stage in ("initial", "final"):  # recall@100 is left out: only 40 blocks exist
+        recall = metrics["eval"][stage]
+        assert sorted(recall) == ["recall@1", "recall@5"] and 0 <= recall["recall@1"] <= recall["recall@5"] <= 100
+
+
+def weights(directory: Path) -> dict:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_resuming_a_crashed_run_reproduces_the_uninterrupted_run(script, workdir, tmp_path, monkeypatch):
+    # 40 blocks, batches of 8, 2 batches per optimizer step: 3 steps an epoch (the last from one batch).
+    options = ("--max-train-steps", 5, "--gradient-accumulation-steps", 2, "--checkpointing-steps", 2,
+               "--logging-steps", 3)
+    whole = script.main(cli(workdir, tmp_path / "whole", *options))
+    assert whole["completed_steps"] == 5 and [r["step"] for r in whole["history"]] == [3, 5]
+
+    calls = {"n": 0}
+
+    def crash_on_sixth_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # batch 6 is the first of epoch 1, after the checkpoint at step 2 (batch 4)
+            raise RuntimeError("simulated crash")
+        return in_batch_loss(*args, **kwargs)
+
+    crashed = tmp_path / "crashed"
+    monkeypatch.setattr(script, "in_batch_loss", crash_on_sixth_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        script.main(cli(workdir, crashed, *options))
+    monkeypatch.setattr(script, "in_batch_loss", in_batch_loss)
+    assert sorted(p.name for p in crashed.iterdir()) == ["step_2"]  # no half-written checkpoint left behind
+    assert json.loads((crashed / "step_2" / "trainer_state.json").read_text())["batches_done"] == 4
+    reset_accelerate()
+    resumed = script.main(cli(workdir, crashed, *options, "--resume-from-checkpoint", "latest"))
+    final = weights(tmp_path / "whole" / "final")
+    for name, tensor in weights(crashed / "final").items():
+        assert torch.equal(tensor, final[name]), name
+    # The same logged losses, the step-3 window partly from before the crash.
+    assert resumed["history"] == whole["history"]
+
+
+def test_two_cpu_processes_share_their_blocks_as_negatives(workdir, tmp_path):
+    output_dir = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
+               *cli(workdir, output_dir, "--per-device-train-batch-size", 4, "--max-train-steps", 3,
+                    "--checkpointing-steps", 2, "--logging-steps", 1, "--eval-file", workdir / "qa.jsonl", "--cpu")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-5000:]
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["completed_steps"] == 3
+    assert metrics["num_candidates"] == 8  # every query scored against the 4 + 4 blocks of both processes
+    assert sorted(p.name for p in (output_dir / "step_2").glob("random_states_*")) == \
+        ["random_states_0.pkl", "random_states_1.pkl"]
+    trained, initial = weights(output_dir / "final"), weights(workdir / "model")
+    assert any(not torch.equal(trained[name], initial[name]) for name in initial if name.startswith("embedder."))
+    assert set(metrics["eval"]["final"]) == {"recall@1", "recall@5", "recall@20"}
+    assert len(BlockIndex.load_from_disk(output_dir / "index")) == NUM_PEOPLE
+
+
+def test_pre_split_blocks_and_a_shared_tower(script, workdir, tmp_path):
+    import datasets
+
+    docs = [json.loads(line) for line in (workdir / "corpus.jsonl").open()]
+    rows = {"title": [d["title"] for d in docs] + ["Sollon"], "text": [d["text"] for d in docs] + ["One sentence."]}
+    datasets.Dataset.from_dict(rows).save_to_disk(tmp_path / "blocks")
+    argv = cli(workdir, tmp_path / "out", "--max-train-steps", 2, "--towers", "shared")
+    argv[argv.index("--corpus"):argv.index("--corpus") + 2] = ["--blocks", str(tmp_path / "blocks")]
+    metrics = script.main(argv)
+    assert metrics["completed_steps"] == 2
+    assert metrics["num_blocks"] == NUM_PEOPLE + 1 and metrics["num_ict_blocks"] == NUM_PEOPLE  # one sentence: left out
+    final = RealmRetriever.from_pretrained(tmp_path / "out" / "final")
+    assert not final.config.separate_query_embedder
+    trained, initial = weights(tmp_path / "out" / "final"), weights(workdir / "model")
+    assert any(not torch.equal(trained[name], initial[name]) for name in initial)
+    # A checkpoint with separate towers cannot be trained as one shared tower.
+    RealmRetriever(tiny_config(separate_query_embedder=True)).save_pretrained(tmp_path / "separate")
+    reset_accelerate()
+    with pytest.raises(ValueError, match="--towers shared"):
+        script.main(argv[:1] + [str(tmp_path / "separate"), "--tokenizer", str(workdir / "model")] + argv[2:])
+
+
+def test_bad_inputs_fail_with_clear_errors(script, workdir, tmp_path):
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        script.main(cli(workdir, tmp_path / "out", "--per-device-train-batch-size", 64))
+    reset_accelerate()
+    no_gold = tmp_path / "no_gold.jsonl"
+    no_gold.write_text(json.dumps({"question": "where?", "answer": ["here"]}) + "\n")
+    with pytest.raises(ValueError, match="gold passage"):
+        script.main(cli(workdir, tmp_path / "out", "--eval-file", no_gold))
+    reset_accelerate()
+    with pytest.raises(FileNotFoundError, match="No blocks directory"):
+        script.main(["--blocks", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out"),
+                     "--model", str(workdir / "model")])
+    reset_accelerate()
+    with pytest.raises(FileNotFoundError, match="no step_N checkpoint"):
+        script.main(cli(workdir, tmp_path / "out", "--resume-from-checkpoint", "latest"))
+    for bad in (["--keep-prob", "2"], ["--eval-k", "1,x"], ["--max-train-steps", "0"]):
+        with pytest.raises(SystemExit):
+            script.main(cli(workdir, tmp_path / "out", *bad))
+    assert not (tmp_path / "out" / "final").exists()

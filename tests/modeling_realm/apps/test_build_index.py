@@ -1,0 +1,71 @@
+"""realm-build-index: corpus file -> blocks -> embeddings -> a loadable BlockIndex, and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from index_builder import BlockIndex
+from modeling_realm import RealmRetriever
+from modeling_realm.apps.build_index import main
+from tests.helpers import VOCAB, perturb_, tiny_config
+from tokenization import CorpusError, RealmTokenizerFast
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("retriever")
+    torch.manual_seed(0)
+    model = RealmRetriever(tiny_config())
+    perturb_(model, 2)
+    model.save_pretrained(directory)
+    RealmTokenizerFast(vocab_file=str(VOCAB)).save_pretrained(directory)
+    return directory
+
+
+def write_corpus(path, documents):
+    path.write_text("".join(json.dumps(d) + "\n" for d in documents))
+    return path
+
+
+DOCUMENTS = [{"id": f"d{i}", "heading": f"title {i}", "body": text} for i, text in enumerate([
+    "paris is the capital of france. the eiffel tower is in paris.", "the seine is a river in paris.",
+    "london is the capital city of england.", "alan turing was a british mathematician.",
+    "a cute cat and an adorable dog."])]
+
+
+def test_cli_builds_a_loadable_index_and_prints_a_summary(model_dir, tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "docs.jsonl", DOCUMENTS)
+    assert main([str(corpus), "--output", str(tmp_path / "index"), "--model", str(model_dir), "--text-field",
+                 "body", "--title-field", "heading", "--doc-id-field", "id", "--max-block-length", "8",
+                 "--chunk-size", "3", "--search-param", "rerank=2", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    index = BlockIndex.load_from_disk(tmp_path / "index")
+    assert summary["documents"] == 5 and summary["blocks"] == len(index) > 5  # 8-wordpiece blocks split documents
+    blocks = index.get_blocks(np.arange(len(index)))
+    assert {b["doc_id"] for b in blocks} == {d["id"] for d in DOCUMENTS}
+    assert blocks[0]["title"] == "title 0" and "paris" in blocks[0]["text"]
+    assert index.manifest.search_params["rerank"] == 2 and index.check_compatible(
+        RealmRetriever.from_pretrained(model_dir))
+
+
+def test_cli_names_a_bad_record_and_keeps_an_existing_index(model_dir, tmp_path):
+    good = write_corpus(tmp_path / "good.jsonl", [{"text": d["body"]} for d in DOCUMENTS])
+    main([str(good), "--output", str(tmp_path / "index"), "--model", str(model_dir), "--quiet"])
+    before = BlockIndex.load_from_disk(tmp_path / "index")
+    bad = write_corpus(tmp_path / "bad.jsonl", [{"text": "fine."}, {"text": "fine too."}, {"body": "no text"}])
+    with pytest.raises(CorpusError, match=r"bad\.jsonl, line 3"):
+        main([str(bad), "--output", str(tmp_path / "index"), "--model", str(model_dir), "--overwrite", "--quiet"])
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        main([str(good), "--output", str(tmp_path / "index"), "--model", str(model_dir), "--quiet"])
+    after = BlockIndex.load_from_disk(tmp_path / "index")
+    assert len(after) == len(before) and after.get_blocks([0]) == before.get_blocks([0])
+
+
+def test_cli_help_explains_itself(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "realm-build-index docs.jsonl --output my-index" in text and "--on-error" in text
