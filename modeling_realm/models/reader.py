@@ -1,10 +1,8 @@
-"""`RealmReader`: answer-span scoring over retrieved blocks, and the span/loss logic `RealmForOpenQA` reuses."""
+"""`RealmReader`: answer-span scoring over the retrieved blocks of one question (transformers 4.x API)."""
 
-import torch
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
-from modeling_realm.models.heads import RealmReaderProjection
-from modeling_realm.models.losses import gold_span_mask, marginal_log_loss
+from modeling_realm.models.losses import span_losses
 from modeling_realm.models.outputs import RealmReaderOutput
 from modeling_realm.models.pretrained import (
     PREDICTION_BIAS_TIE,
@@ -13,47 +11,7 @@ from modeling_realm.models.pretrained import (
     check_rank,
     run_backbone,
 )
-
-
-def best_span(reader_logits, starts, ends):
-    """Pick the best (block, span) as transformers 4.x did.
-
-    reader_logits `[..., rows, num_spans]` -> block_idx `[...]`, candidate `[...]`, start `[...]`, end `[...]`.
-    """
-    # [...]
-    block_idx = reader_logits.max(dim=-1).values.argmax(dim=-1)
-    # [...]
-    candidate = reader_logits.max(dim=-2).values.argmax(dim=-1)
-    return block_idx, candidate, starts[candidate], ends[candidate]
-
-
-def span_losses(relevance_score, has_answers, reader_logits, starts, ends, gold_starts, gold_ends):
-    """ORQA/REALM fine-tuning losses for one or more questions (leading dims `...`).
-
-    relevance_score, has_answers: `[..., num_blocks]` (all retrieved blocks);
-    reader_logits: `[..., rows, num_spans]` for the first `rows` blocks;
-    gold_starts, gold_ends: `[..., rows, num_answers]` token positions (-1 = none).
-    Returns retriever_loss `[...]`, reader_loss `[...]`, reader_correct `[..., rows, num_spans]`.
-    Each loss is zero for a question whose blocks (or spans) contain no answer at all.
-    """
-    # [..., rows, num_spans]
-    reader_correct = gold_span_mask(starts, ends, gold_starts, gold_ends)
-    # [...]
-    retriever_loss = marginal_log_loss(relevance_score, has_answers)
-    retriever_loss = retriever_loss * has_answers.any(dim=-1).to(torch.float32)
-    # [..., rows * num_spans]
-    flat_logits, flat_correct = reader_logits.flatten(-2), reader_correct.flatten(-2)
-    # [...]
-    reader_loss = marginal_log_loss(flat_logits, flat_correct) * flat_correct.any(dim=-1).to(torch.float32)
-    return retriever_loss, reader_loss, reader_correct
-
-
-def check_reader_length(seq_len: int, max_span_width: int):
-    if seq_len < max_span_width:
-        raise ValueError(
-            f"Reader inputs have {seq_len} tokens, fewer than config.max_span_width={max_span_width}; "
-            "pad reader inputs to at least max_span_width tokens (config.reader_seq_len is the usual length)."
-        )
+from modeling_realm.models.spans import RealmReaderProjection, best_span, check_reader_length, gold_span_mask
 
 
 class RealmReader(RealmPreTrainedModel):
@@ -113,9 +71,10 @@ class RealmReader(RealmPreTrainedModel):
         block_idx, candidate, start_pos, end_pos = best_span(reader_logits, starts, ends)
         losses = {}
         if start_positions is not None and end_positions is not None and has_answers is not None:
-            retriever_loss, reader_loss, reader_correct = span_losses(
-                relevance_score, has_answers, reader_logits, starts, ends,
-                start_positions.clamp(-1, seq_len)[:rows], end_positions.clamp(-1, seq_len)[:rows])
+            # [rows, num_spans]
+            reader_correct = gold_span_mask(starts, ends, start_positions.clamp(-1, seq_len)[:rows],
+                                            end_positions.clamp(-1, seq_len)[:rows])
+            retriever_loss, reader_loss = span_losses(relevance_score, has_answers, reader_logits, reader_correct)
             losses = dict(loss=(retriever_loss + reader_loss).mean(), retriever_loss=retriever_loss,
                           reader_loss=reader_loss, retriever_correct=has_answers, reader_correct=reader_correct)
         # ModelOutput keeps fields in the order they are set, so build it once (loss first, as 4.x's tuple).

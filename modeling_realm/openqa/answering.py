@@ -10,6 +10,7 @@ import threading
 import torch
 
 from modeling_realm.models.pretrained import evaluation_mode
+from modeling_realm.models.spans import ranked_spans
 from modeling_realm.retrieval import RetrievedBlocks, check_index, retrieve_blocks
 from tokenization.reader_inputs import ReaderBatch, reader_inputs
 
@@ -138,18 +139,14 @@ def read_in_passes(model, batch: ReaderBatch, relevance: torch.Tensor):
 
 def _top_spans(logits, starts, ends, batch: ReaderBatch, b: int, blocks: list[dict], top_k: int) -> list[dict]:
     """The best `top_k` (block, span) pairs of one question from its logits `[rows, num_spans]`."""
-    rows, num_spans = logits.shape
-    # [rows * num_spans]
-    probabilities = logits.float().flatten().softmax(-1)
     answers = []
-    for flat in probabilities.argsort(descending=True, stable=True).tolist():
-        row, span = divmod(flat, num_spans)
+    for row, span, probability in ranked_spans(logits):
         start, end = int(starts[span]), int(ends[span])
         first, last = batch.offsets[b, row, start].tolist(), batch.offsets[b, row, end].tolist()
         if first[0] < 0 or last[0] < 0:
             break  # only masked-out spans are left
         block = blocks[row]
-        answers.append({"answer": block["text"][first[0]:last[1]], "score": float(probabilities[flat]),
+        answers.append({"answer": block["text"][first[0]:last[1]], "score": probability,
                         "start": first[0], "end": last[1], "block_id": _maybe_int(block["block_id"]),
                         "doc_id": block["doc_id"], "title": block["title"], "text": block["text"],
                         "token_start": start, "token_end": end, "block_rank": row})

@@ -4,9 +4,11 @@ import torch
 from transformers import initialization as init
 
 from modeling_realm.models.embedder import RealmEmbedder
+from modeling_realm.models.losses import span_losses
 from modeling_realm.models.outputs import RealmForOpenQAOutput
 from modeling_realm.models.pretrained import RealmPreTrainedModel, check_rank
-from modeling_realm.models.reader import RealmReader, best_span, check_reader_length, span_losses
+from modeling_realm.models.reader import RealmReader
+from modeling_realm.models.spans import best_span, check_reader_length, gold_span_mask
 from modeling_realm.openqa.answering import answer_questions
 from modeling_realm.retrieval import IndexSlot
 
@@ -149,9 +151,10 @@ class RealmForOpenQA(RealmPreTrainedModel):
         predicted = [reader_input_ids[b, block_idx[b], start_pos[b]:end_pos[b] + 1] for b in range(batch)]
         losses = {}
         if has_answers is not None and start_positions is not None and end_positions is not None:
-            retriever_loss, reader_loss, _ = span_losses(
-                relevance_score, has_answers, reader_logits, starts, ends,
-                start_positions[:, :rows].clamp(-1, seq_len), end_positions[:, :rows].clamp(-1, seq_len))
+            # [batch, rows, num_spans]
+            reader_correct = gold_span_mask(starts, ends, start_positions[:, :rows].clamp(-1, seq_len),
+                                            end_positions[:, :rows].clamp(-1, seq_len))
+            retriever_loss, reader_loss = span_losses(relevance_score, has_answers, reader_logits, reader_correct)
             losses = dict(loss=(retriever_loss + reader_loss).mean(), retriever_loss=retriever_loss,
                           reader_loss=reader_loss)
         result = RealmForOpenQAOutput(

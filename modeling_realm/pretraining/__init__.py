@@ -2,6 +2,7 @@
 marginal likelihood over retrieved blocks (`realm`), and keeping the index fresh while the block tower trains
 (`refresh`, with `tower_snapshot` and `index_load` for the asynchronous mode)."""
 
+from modeling_realm.models.losses import ict_loss, in_batch_loss
 from modeling_realm.pretraining.ict import (
     DEFAULT_KEEP_PROB,
     ICT_QUERY_LENGTH,
@@ -9,8 +10,6 @@ from modeling_realm.pretraining.ict import (
     can_make_ict_example,
     freeze_unused_heads,
     ict_examples,
-    ict_loss,
-    in_batch_loss,
     with_separate_towers,
 )
 from modeling_realm.pretraining.realm import (

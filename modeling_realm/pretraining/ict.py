@@ -2,21 +2,16 @@
 
 A sentence of a block is the pseudo-query; its block, with that sentence removed (kept in with probability
 `keep_prob`, 0.1 in ORQA, so the retriever also learns that word overlap matters), is the target; every other block of
-the (global) batch is a negative. The loss is the cross-entropy of the query-block inner products over all blocks.
-
-Under several processes `in_batch_loss` gathers the block embeddings of every process (`gather_with_grad`), so the
-negatives come from the whole global batch and gradients reach each process's own block tower exactly as a single
-process with the global batch would compute them (after data-parallel gradient averaging).
+the (global) batch is a negative. The loss is the cross-entropy of the query-block inner products over all blocks:
+`models.losses.in_batch_loss`, which under several processes gathers the block embeddings of every process
+(`gather_with_grad`), so the negatives come from the whole global batch and gradients reach each process's own block
+tower exactly as a single process with the global batch would compute them (after data-parallel gradient
+averaging).
 """
 
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
-import torch
-from torch import distributed as dist
-from torch.nn import functional as F
 
 from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN, block_inputs
 from tokenization.sentences import sentence_spans
@@ -134,84 +129,6 @@ class IctCollator:
     def _rng(self, rows) -> random.Random:
         keys = [str(row["block_id"]) if "block_id" in row else row.get("text", "") for row in rows]
         return random.Random("\x1f".join([str(self.seed), str(self.epoch), *keys]))
-
-
-# ------------------------------------------------------------------------------------------------ loss
-def ict_loss(query_embeddings: torch.Tensor, block_embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of each query's inner products with all blocks, the correct block being `labels[i]`.
-
-    Args: query_embeddings `[b, d]`, block_embeddings `[B, d]` (all candidate blocks), labels `[b]` (long, in
-    `[0, B)`). Computed in float32 whatever the embeddings' dtype.
-    """
-    # [b, B]
-    scores = query_embeddings.float() @ block_embeddings.float().T
-    return F.cross_entropy(scores, labels)
-
-
-@dataclass
-class InBatchLoss:
-    """`in_batch_loss`'s result: the loss (this process's queries), the share of them whose own block scores
-    highest (detached), and how many candidate blocks every query was scored against (the global batch)."""
-
-    loss: torch.Tensor
-    accuracy: torch.Tensor
-    num_candidates: int
-
-
-def in_batch_loss(query_embeddings: torch.Tensor, block_embeddings: torch.Tensor) -> InBatchLoss:
-    """ICT loss with in-batch negatives: query `i` `[b, d]` belongs with block `i` `[b, d]` of this process, and is
-    scored against the blocks of every process (gathered with `gather_with_grad` when torch.distributed is set up)."""
-    if query_embeddings.shape[0] != block_embeddings.shape[0]:
-        raise ValueError(f"Got {query_embeddings.shape[0]} queries for {block_embeddings.shape[0]} blocks; ICT pairs "
-                         "query i with block i.")
-    # [B, d], and where this process's blocks start in it
-    candidates, offset = gather_with_grad(block_embeddings)
-    labels = torch.arange(offset, offset + query_embeddings.shape[0], device=query_embeddings.device)
-    loss = ict_loss(query_embeddings, candidates, labels)
-    with torch.no_grad():
-        # [b]
-        best = (query_embeddings.float() @ candidates.float().T).argmax(dim=-1)
-        accuracy = (best == labels).float().mean()
-    return InBatchLoss(loss, accuracy, candidates.shape[0])
-
-
-# ------------------------------------------------------------------------------------------------ gathering
-def gather_with_grad(local: torch.Tensor):
-    """Concatenate `local` `[n_r, ...]` of every process in rank order; returns `(gathered [sum n_r, ...], offset)`.
-
-    Processes may hold different numbers of rows. In backward, each process receives the sum over all processes of
-    the gradients for its own rows, so with data-parallel gradient averaging the update equals that of one process
-    computing the mean loss of the global batch. Without an initialised process group (or with one process) this is
-    the identity with offset 0.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return local, 0
-    world, rank = dist.get_world_size(), dist.get_rank()
-    sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.long, device=local.device))
-    sizes = [int(size) for size in sizes]
-    return _GatherWithGrad.apply(local, sizes, rank), sum(sizes[:rank])
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, local, sizes, rank):
-        ctx.start, ctx.stop = sum(sizes[:rank]), sum(sizes[:rank + 1])
-        longest = max(sizes)
-        # [longest, ...]: all_gather needs equal shapes, so pad then trim
-        padded = local.new_zeros((longest, *local.shape[1:]))
-        padded[:local.shape[0]] = local
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous())
-        # [sum(sizes), ...]
-        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad):
-        # Every process's loss depends on our rows: sum those gradients, keep our slice.
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.start:ctx.stop], None, None
 
 
 # ------------------------------------------------------------------------------------------------ towers

@@ -34,10 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers.utils import ModelOutput
 
-from modeling_realm.models.losses import gathered_marginal_loss
+from modeling_realm.models.losses import gathered_marginal_loss, masked_token_log_prob
 from modeling_realm.models.pretrained import evaluation_mode, flatten_candidates, run_backbone
 from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN, block_inputs
 from tokenization.masking.masks import DEFAULT_QUERY_LENGTH, IGNORE_INDEX, MASKINGS, make_masked_batch
@@ -305,15 +304,6 @@ class RealmPretrainingModel(nn.Module):
         # [batch, k - 1]
         retrieved_score = torch.einsum("bd,bkd->bk", queries, retrieved)
         return torch.cat([null_score, retrieved_score], dim=1)
-
-
-def masked_token_log_prob(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target|z, x) in float32 from logits `[masked, k, vocab]` and targets `[masked]` -> `[masked, k]`; a
-    target of -100 (a weighted position without a label) gives 0, as in `losses.marginal_mlm_loss`."""
-    masked, num_candidates, vocab = logits.shape
-    # [masked * k]
-    expanded = targets.unsqueeze(1).expand(masked, num_candidates).reshape(-1)
-    return -F.cross_entropy(logits.float().reshape(-1, vocab), expanded, reduction="none").view(masked, num_candidates)
 
 
 def freeze_unused_parameters(model: RealmPretrainingModel) -> list[str]:

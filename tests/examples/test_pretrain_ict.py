@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from index_builder import BlockIndex
 from modeling_realm import RealmRetriever
 from modeling_realm.apps.synthetic import documents, invent_people, questions
-from modeling_realm.pretraining.ict import IctCollator, in_batch_loss
+from modeling_realm.pretraining import IctCollator, in_batch_loss
 from tests.helpers import tiny_config
 from tokenization import RealmTokenizerFast
 

@@ -193,7 +193,7 @@ def test_push_to_hub_writes_weights_config_code_tokenizer_and_card(fake_hub, tok
     model.push_to_hub("user/tiny-embedder", tokenizer=tokenizer)
     files = fake_hub.files("user/tiny-embedder")
     assert sum(method == "POST" and "/commit/" in path for method, path in fake_hub.requests) == commits_before + 1
-    code = ["embedder.py", "configuration.py", "heads.py", "losses.py", "outputs.py", "pretrained.py"]
+    code = ["embedder.py", "configuration.py", "heads.py", "outputs.py", "pretrained.py"]  # no span or loss code
     expected = {"model.safetensors", "config.json", "README.md", "tokenizer.json", "tokenizer_config.json",
                 "tokenization_realm.py", *code}
     assert expected <= set(files), sorted(expected - set(files))

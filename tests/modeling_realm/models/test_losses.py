@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from modeling_realm.models.losses import gold_span_mask, marginal_log_loss, marginal_mlm_loss, span_candidates
+from modeling_realm.models.losses import marginal_log_loss, marginal_mlm_loss
+from modeling_realm.models.spans import enumerate_spans, gold_span_mask
 
 
 def test_marginal_log_loss_by_hand():
@@ -21,9 +22,9 @@ def test_marginal_log_loss_is_finite_without_any_correct_entry():
     assert (loss * 0.0) == 0.0
 
 
-def test_span_candidates_order_and_mask():
+def test_enumerate_spans_order_and_mask():
     mask = torch.tensor([[False, True, True, True, False]])
-    starts, ends, span_mask = span_candidates(mask, max_span_width=2)
+    starts, ends, span_mask = enumerate_spans(mask, max_span_width=2)
     assert starts.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3]
     assert ends.tolist() == [0, 1, 2, 3, 4, 1, 2, 3, 4]
     assert span_mask.tolist() == [[False, True, True, True, False, False, True, True, False]]
@@ -54,8 +55,7 @@ def test_marginal_mlm_loss_by_hand():
 def test_gathered_marginal_loss_equals_the_full_one():
     """Pretraining's loss over the weighted positions only equals marginal_mlm_loss over every position, weights
     that cover unlabelled positions (which count in the denominator) included."""
-    from modeling_realm.models.losses import gathered_marginal_loss
-    from modeling_realm.pretraining.realm import masked_token_log_prob
+    from modeling_realm.models.losses import gathered_marginal_loss, masked_token_log_prob
 
     torch.manual_seed(0)
     batch, k, seq, vocab = 3, 4, 7, 11

@@ -13,13 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_realm import RealmRetriever
+from modeling_realm.models.losses import ict_loss, in_batch_loss
 from modeling_realm.pretraining.ict import (
     IctCollator,
     can_make_ict_example,
     freeze_unused_heads,
     ict_examples,
-    ict_loss,
-    in_batch_loss,
     remove_span,
     with_separate_towers,
 )
@@ -168,7 +167,7 @@ import sys
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
-from modeling_realm.pretraining.ict import in_batch_loss
+from modeling_realm.models.losses import in_batch_loss
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
