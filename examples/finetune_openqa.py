@@ -27,21 +27,19 @@ OUTPUT_DIR/final holds the last weights, OUTPUT_DIR/metrics.json the per-epoch t
 import argparse
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from index_builder import BlockIndex
-from modeling_realm import RealmForOpenQA, checkpoint_to_resume, load_trainer_state, save_trained, write_json
-from modeling_realm import save_checkpoint as save_checkpoint_dir
+from modeling_realm import RealmForOpenQA, training
 from modeling_realm.openqa import collate_qa, evaluate_predictions, load_qa, training_batch
 from tokenization import RealmTokenizerFast
 
@@ -63,29 +61,19 @@ def parse_args(argv=None):
     data.add_argument("--max-train-samples", type=int, default=None)
     data.add_argument("--max-eval-samples", type=int, default=None)
     train = parser.add_argument_group("training")
+    training.add_optimizer_arguments(train)
     train.add_argument("--output-dir", required=True)
     train.add_argument("--num-blocks", type=int, default=None,
                        help="blocks retrieved per question for the retriever loss (default config.searcher_beam_size)")
     train.add_argument("--per-device-train-batch-size", type=int, default=4)
     train.add_argument("--per-device-eval-batch-size", type=int, default=8)
-    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
     train.add_argument("--learning-rate", type=float, default=1e-5)
-    train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
     train.add_argument("--num-train-epochs", type=int, default=2)
     train.add_argument("--max-train-steps", type=int, default=None, help="optimizer steps; overrides the epochs")
     train.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup over this share of steps")
-    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
-                       help="default: accelerate config / launch flag")
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--cpu", action="store_true",
-                       help="train on CPU even with an accelerator (needed for several CPU processes under torchrun)")
     run = parser.add_argument_group("checkpoints and logging")
+    training.add_run_arguments(run)
     run.add_argument("--checkpointing-steps", default=None, help="save state every N optimizer steps, or 'epoch'")
-    run.add_argument("--resume-from-checkpoint", default=None, help="a step_N directory, or 'latest' in output-dir")
-    run.add_argument("--logging-steps", type=int, default=10)
-    run.add_argument("--report-to", default="none", help="tracker for accelerator.init_trackers: "
-                     "tensorboard, wandb, all, ... (default none)")
     args = parser.parse_args(argv)
     check_args(parser, args)
     return args
@@ -106,24 +94,6 @@ def check_args(parser, args):
 
 
 # ------------------------------------------------------------------------------------------------------ setup
-def make_accelerator(args) -> Accelerator:
-    # The index holds the block embeddings, so block_emb (a buffer) never changes: no need to broadcast buffers.
-    # The embedder and reader keep google's unused MLM heads (and the reader its pooler): find_unused_parameters.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu,
-                              mixed_precision=args.mixed_precision, project_dir=args.output_dir,
-                              log_with=None if args.report_to == "none" else args.report_to, kwargs_handlers=[ddp],
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and accelerator.num_processes == 1:
-        raise ValueError(f"Launched as {world_size} processes but accelerate set up a single-process run (so each "
-                         "process would train alone); on CPU pass --cpu (or `accelerate launch --cpu`).")
-    if args.report_to != "none" and not accelerator.log_with:
-        raise ValueError(f"--report-to {args.report_to}: no such tracker is installed; install it (e.g. pip install "
-                         "tensorboard) or pass --report-to none.")
-    return accelerator
-
-
 def load_model(args, accelerator):
     """(model with the index attached, tokenizer); the main process downloads first when ids are Hub ids."""
     with accelerator.main_process_first():
@@ -153,12 +123,13 @@ def plan_steps(args, num_examples: int, num_processes: int) -> tuple[int, int, i
 # ------------------------------------------------------------------------------------------------------ checkpoints
 def save_checkpoint(run):
     """Checkpoint the run into output_dir/step_N (all processes take part; see checkpoints.py)."""
-    save_checkpoint_dir(run.accelerator, Path(run.args.output_dir), {**run.state, "epoch_loss": epoch_loss(run)})
+    training.save_checkpoint(run.accelerator, Path(run.args.output_dir), {**run.state, "epoch_loss": epoch_loss(run)})
 
 
 def save_model(run, directory: Path, metrics: dict):
     """save_pretrained of the unwrapped model + tokenizer (+ metrics.json) to `directory`, atomically."""
-    save_trained(run.accelerator, directory, {"": run.accelerator.unwrap_model(run.model)}, run.tokenizer, metrics)
+    model = run.accelerator.unwrap_model(run.model)
+    training.save_trained(run.accelerator, directory, {"": model}, run.tokenizer, metrics)
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -229,14 +200,6 @@ def train_epoch(run: Run, batches):
                 break
 
 
-def batches_left(run: Run):
-    """The loader without the batches of this epoch that a resumed checkpoint already trained on."""
-    done = run.state["batches_done"]
-    if done == 0:
-        return run.loader
-    return [] if done >= len(run.loader) else run.accelerator.skip_first_batches(run.loader, done)
-
-
 def after_step(run: Run, recent: list[float]):
     args, steps = run.args, run.state["completed_steps"]
     if steps % args.logging_steps == 0:
@@ -274,7 +237,7 @@ def end_epoch(run: Run):
 def resume(run: Run, checkpoint: Path):
     """Reload the accelerator state and the loop's position; the epoch's loss so far goes to the main process."""
     run.accelerator.load_state(str(checkpoint))
-    state = load_trainer_state(checkpoint)
+    state = training.load_trainer_state(checkpoint)
     loss = state.pop("epoch_loss", [0.0, 0.0])
     if run.accelerator.is_main_process:
         run.tally = torch.tensor(loss, dtype=torch.float64)
@@ -284,7 +247,10 @@ def resume(run: Run, checkpoint: Path):
 
 
 def setup(args) -> Run:
-    accelerator = make_accelerator(args)
+    # The index holds the block embeddings, so block_emb (a buffer) never changes: no need to broadcast buffers.
+    # The embedder and reader keep google's unused MLM heads (and the reader its pooler): find_unused_parameters.
+    accelerator = training.make_accelerator(args, [DistributedDataParallelKwargs(find_unused_parameters=True,
+                                                                        broadcast_buffers=False)])
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     set_seed(args.seed)
@@ -313,7 +279,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     output_dir = Path(args.output_dir)
-    checkpoint = checkpoint_to_resume(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    checkpoint = training.checkpoint_to_resume(output_dir, args.resume_from_checkpoint)
     run = setup(args)
     run.accelerator.init_trackers("finetune_openqa", config={k: v for k, v in vars(args).items()
                                                             if isinstance(v, (int, float, str, bool))})
@@ -324,7 +290,7 @@ def main(argv=None) -> dict:
                         disable=not run.accelerator.is_local_main_process)
     while state["completed_steps"] < run.total_steps:
         run.loader.set_epoch(state["epoch"])  # the shuffle depends on (seed, epoch) only: a resumed run sees the same
-        train_epoch(run, batches_left(run))
+        train_epoch(run, training.batches_left(run.accelerator, run.loader, run.state["batches_done"]))
         end_epoch(run)
         if args.checkpointing_steps == "epoch":
             save_checkpoint(run)
@@ -332,7 +298,7 @@ def main(argv=None) -> dict:
     metrics = {"completed_steps": state["completed_steps"], "best": state["best"], "history": state["history"]}
     save_model(run, output_dir / "final", metrics)
     if run.accelerator.is_main_process:
-        write_json(output_dir / "metrics.json", metrics)
+        training.write_json(output_dir / "metrics.json", metrics)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()  # also ends the process group
     best = state["best"]

@@ -34,20 +34,18 @@ scores the initial model, index in OUTPUT_DIR/index_initial).
 import argparse
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from index_builder import build_index, with_block_ids
-from modeling_realm import checkpoint_to_resume, load_retriever, load_trainer_state, save_trained, write_json
-from modeling_realm import save_checkpoint as save_checkpoint_dir
+from modeling_realm import load_retriever, training
 from modeling_realm.models import demo_model_path
 from modeling_realm.openqa import DEFAULT_KS, gold_block_recall, load_qa_file
 from modeling_realm.pretraining import (
@@ -85,26 +83,17 @@ def parse_args(argv=None):
     data.add_argument("--towers", choices=["separate", "shared"], default="separate",
                       help="separate query and block towers from the same weights (ORQA), or one shared tower")
     train = parser.add_argument_group("training")
+    training.add_optimizer_arguments(train)
     train.add_argument("--output-dir", required=True)
     train.add_argument("--per-device-train-batch-size", type=int, default=32, help="ORQA: 4096 in all")
-    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
     train.add_argument("--learning-rate", type=float, default=1e-4)
-    train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
     train.add_argument("--warmup-ratio", type=float, default=0.1)
     train.add_argument("--max-train-steps", type=int, default=1000, help="optimizer steps (ORQA: 100k)")
     train.add_argument("--num-train-epochs", type=int, default=None, help="also stop after this many epochs")
     train.add_argument("--dataloader-num-workers", type=int, default=0)
-    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
-                       help="default: accelerate config / launch flag")
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--cpu", action="store_true",
-                       help="train on CPU even with an accelerator (needed for several CPU processes under torchrun)")
     run = parser.add_argument_group("checkpoints, logging and evaluation")
+    training.add_run_arguments(run)
     run.add_argument("--checkpointing-steps", type=int, default=None, help="save state every N optimizer steps")
-    run.add_argument("--resume-from-checkpoint", default=None, help="a step_N directory, or 'latest' in output-dir")
-    run.add_argument("--logging-steps", type=int, default=10)
-    run.add_argument("--report-to", default="none", help="tracker for accelerator.init_trackers (default none)")
     run.add_argument("--eval-file", default=None, help="QA records with gold passages: gold recall@k at the end")
     run.add_argument("--eval-k", default=",".join(map(str, DEFAULT_KS)), help="comma-separated recall cut-offs")
     run.add_argument("--eval-at-start", action="store_true", help="also score the initial model")
@@ -135,21 +124,6 @@ def check_args(parser, args):
 
 
 # ------------------------------------------------------------------------------------------------------ setup
-def make_accelerator(args) -> Accelerator:
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu,
-                              mixed_precision=args.mixed_precision, project_dir=args.output_dir,
-                              log_with=None if args.report_to == "none" else args.report_to,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and accelerator.num_processes == 1:
-        raise ValueError(f"Launched as {world_size} processes but accelerate set up a single-process run (so each "
-                         "process would train alone); on CPU pass --cpu (or `accelerate launch --cpu`).")
-    if args.report_to != "none" and not accelerator.log_with:
-        raise ValueError(f"--report-to {args.report_to}: no such tracker is installed; install it (e.g. pip install "
-                         "tensorboard) or pass --report-to none.")
-    return accelerator
-
-
 def load_model(args, accelerator):
     """(RealmRetriever with the towers --towers asks for, tokenizer); the main process downloads first."""
     with accelerator.main_process_first():
@@ -234,13 +208,13 @@ def plan_steps(args, num_examples: int, num_processes: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------------ checkpoints
 def save_checkpoint(run):
     """Checkpoint the run into output_dir/step_N (all processes take part; see checkpoints.py)."""
-    save_checkpoint_dir(run.accelerator, Path(run.args.output_dir), {**run.state, "window": reduced_window(run)})
+    training.save_checkpoint(run.accelerator, Path(run.args.output_dir), {**run.state, "window": reduced_window(run)})
 
 
 def resume(run, checkpoint: Path):
     """Reload the accelerator state, the data position and the unlogged loss window (kept by the main process)."""
     run.accelerator.load_state(str(checkpoint))
-    state = load_trainer_state(checkpoint)
+    state = training.load_trainer_state(checkpoint)
     window = state.pop("window")
     if run.accelerator.is_main_process:
         run.window = torch.tensor(window, dtype=torch.float64, device=run.accelerator.device)
@@ -251,7 +225,8 @@ def resume(run, checkpoint: Path):
 
 def save_model(run, directory: Path, metrics: dict):
     """save_pretrained of the unwrapped retriever + tokenizer (+ metrics.json) to `directory`, atomically."""
-    save_trained(run.accelerator, directory, {"": run.accelerator.unwrap_model(run.model)}, run.tokenizer, metrics)
+    model = run.accelerator.unwrap_model(run.model)
+    training.save_trained(run.accelerator, directory, {"": model}, run.tokenizer, metrics)
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -333,14 +308,6 @@ def train_epoch(run: Run, batches):
                 break
 
 
-def batches_left(run: Run):
-    """The loader without the batches of this epoch that a resumed checkpoint already trained on."""
-    done = run.state["batches_done"]
-    if done == 0:
-        return run.loader
-    return [] if done >= len(run.loader) else run.accelerator.skip_first_batches(run.loader, done)
-
-
 def reduced_window(run: Run) -> list[float]:
     """The loss window summed over all processes (a collective call)."""
     return run.accelerator.reduce(run.window.clone(), reduction="sum").tolist()
@@ -362,7 +329,7 @@ def after_step(run: Run):
 
 
 def setup(args) -> Run:
-    accelerator = make_accelerator(args)
+    accelerator = training.make_accelerator(args)
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     set_seed(args.seed)
@@ -393,7 +360,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     output_dir = Path(args.output_dir)
-    checkpoint = checkpoint_to_resume(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    checkpoint = training.checkpoint_to_resume(output_dir, args.resume_from_checkpoint)
     run = setup(args)
     run.accelerator.init_trackers("pretrain_ict", config={k: v for k, v in vars(args).items()
                                                          if isinstance(v, (int, float, str, bool))})
@@ -408,7 +375,7 @@ def main(argv=None) -> dict:
     while state["completed_steps"] < run.total_steps:
         run.loader.set_epoch(state["epoch"])  # the shuffle depends on (seed, epoch) only: a resumed run sees the same
         run.collator.set_epoch(state["epoch"])
-        train_epoch(run, batches_left(run))
+        train_epoch(run, training.batches_left(run.accelerator, run.loader, run.state["batches_done"]))
         if state["completed_steps"] < run.total_steps:
             state["epoch"], state["batches_done"] = state["epoch"] + 1, 0
     run.progress.close()
@@ -420,7 +387,7 @@ def main(argv=None) -> dict:
         evaluation["final"] = evaluate(run, "index")
         metrics["eval"] = evaluation
     if run.accelerator.is_main_process:
-        write_json(output_dir / "metrics.json", metrics)
+        training.write_json(output_dir / "metrics.json", metrics)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     last = state["history"][-1] if state["history"] else {}

@@ -56,28 +56,18 @@ steps) fit one GPU and a short run.
 import argparse
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, get_linear_schedule_with_warmup
 
 from index_builder import TEXT_COLUMNS, BlockIndex
-from modeling_realm import (
-    RealmKnowledgeAugEncoder,
-    checkpoint_to_resume,
-    load_retriever,
-    load_trainer_state,
-    realm_config_from_bert,
-    save_trained,
-    write_json,
-)
-from modeling_realm import save_checkpoint as save_checkpoint_dir
+from modeling_realm import RealmKnowledgeAugEncoder, load_retriever, realm_config_from_bert, training
 from modeling_realm.models import demo_model_path
 from modeling_realm.pretraining import (
     DEFAULT_ENCODER_LENGTH,
@@ -127,26 +117,17 @@ def parse_args(argv=None):
     refresh.add_argument("--index-work-dir", default=None, help="index versions (default OUTPUT_DIR/index_versions)")
     refresh.add_argument("--keep-index-versions", type=int, default=2)
     train = parser.add_argument_group("training")
+    training.add_optimizer_arguments(train)
     train.add_argument("--output-dir", required=True)
     train.add_argument("--per-device-train-batch-size", type=int, default=8, help="REALM: 512 in all")
-    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
     train.add_argument("--learning-rate", type=float, default=3e-5)
-    train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
     train.add_argument("--warmup-ratio", type=float, default=0.05)
     train.add_argument("--max-train-steps", type=int, default=1000, help="optimizer steps (REALM: 200k)")
     train.add_argument("--num-train-epochs", type=int, default=None, help="also stop after this many epochs")
     train.add_argument("--dataloader-num-workers", type=int, default=0)
-    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
-                       help="default: accelerate config / launch flag")
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--cpu", action="store_true",
-                       help="train on CPU even with an accelerator (needed for several CPU processes under torchrun)")
     run = parser.add_argument_group("checkpoints and logging")
+    training.add_run_arguments(run)
     run.add_argument("--checkpointing-steps", type=int, default=None, help="save state every N optimizer steps")
-    run.add_argument("--resume-from-checkpoint", default=None, help="a step_N directory, or 'latest' in output-dir")
-    run.add_argument("--logging-steps", type=int, default=10)
-    run.add_argument("--report-to", default="none", help="tracker for accelerator.init_trackers (default none)")
     args = parser.parse_args(argv)
     check_args(parser, args)
     return args
@@ -169,21 +150,6 @@ def check_args(parser, args):
 
 
 # ------------------------------------------------------------------------------------------------------ setup
-def make_accelerator(args) -> Accelerator:
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu,
-                              mixed_precision=args.mixed_precision, project_dir=args.output_dir,
-                              log_with=None if args.report_to == "none" else args.report_to,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and accelerator.num_processes == 1:
-        raise ValueError(f"Launched as {world_size} processes but accelerate set up a single-process run (so each "
-                         "process would train alone); on CPU pass --cpu (or `accelerate launch --cpu`).")
-    if args.report_to != "none" and not accelerator.log_with:
-        raise ValueError(f"--report-to {args.report_to}: no such tracker is installed; install it (e.g. pip install "
-                         "tensorboard) or pass --report-to none.")
-    return accelerator
-
-
 def load_encoder(name_or_path: str, seed: int) -> RealmKnowledgeAugEncoder:
     """A REALM encoder checkpoint as is, or one initialised from a BERT (backbone and, when present, MLM head)."""
     config = AutoConfig.from_pretrained(name_or_path)
@@ -288,14 +254,14 @@ def make_refresher(args, accelerator, index, retriever, tokenizer, optimizer) ->
 def save_checkpoint(run):
     """Checkpoint the run into output_dir/step_N (all processes take part; see checkpoints.py)."""
     state = {**run.state, "window": reduced_window(run), "refresh": run.refresher.state_dict()}
-    save_checkpoint_dir(run.accelerator, Path(run.args.output_dir), state)
+    training.save_checkpoint(run.accelerator, Path(run.args.output_dir), state)
 
 
 def resume(run, checkpoint: Path):
     """Reload the accelerator state (weights, optimizer, scheduler, RNG), the data position, the index version and
     the unlogged metrics window (kept by the main process)."""
     run.accelerator.load_state(str(checkpoint))
-    state = load_trainer_state(checkpoint)
+    state = training.load_trainer_state(checkpoint)
     window = state.pop("window")
     run.refresher.load_state_dict(state.pop("refresh"), state["completed_steps"])
     if run.accelerator.is_main_process:
@@ -308,7 +274,7 @@ def resume(run, checkpoint: Path):
 def save_models(run, metrics: dict):
     """The trained retriever and encoder (save_pretrained + tokenizer) in OUTPUT_DIR/final/{retriever,encoder}."""
     model = run.accelerator.unwrap_model(run.model)
-    save_trained(run.accelerator, Path(run.args.output_dir) / "final",
+    training.save_trained(run.accelerator, Path(run.args.output_dir) / "final",
                  {"retriever": model.retriever, "encoder": model.encoder}, run.tokenizer, metrics)
 
 
@@ -368,14 +334,6 @@ def train_epoch(run: Run, batches):
                 break
 
 
-def batches_left(run: Run):
-    """The loader without the batches of this epoch that a resumed checkpoint already trained on."""
-    done = run.state["batches_done"]
-    if done == 0:
-        return run.loader
-    return [] if done >= len(run.loader) else run.accelerator.skip_first_batches(run.loader, done)
-
-
 def reduced_window(run: Run) -> list[float]:
     """The metrics window summed over all processes (a collective call)."""
     return run.accelerator.reduce(run.window.clone(), reduction="sum").tolist()
@@ -400,7 +358,7 @@ def after_step(run: Run):
 
 
 def setup(args) -> Run:
-    accelerator = make_accelerator(args)
+    accelerator = training.make_accelerator(args)
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     set_seed(args.seed)
@@ -434,7 +392,7 @@ def train(run: Run):
     while state["completed_steps"] < run.total_steps:
         run.loader.set_epoch(state["epoch"])  # the shuffle depends on (seed, epoch) only: a resumed run sees the same
         run.collator.set_epoch(state["epoch"])
-        train_epoch(run, batches_left(run))
+        train_epoch(run, training.batches_left(run.accelerator, run.loader, run.state["batches_done"]))
         if state["completed_steps"] < run.total_steps:
             state["epoch"], state["batches_done"] = state["epoch"] + 1, 0
     run.progress.close()
@@ -445,7 +403,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     output_dir = Path(args.output_dir)
-    checkpoint = checkpoint_to_resume(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    checkpoint = training.checkpoint_to_resume(output_dir, args.resume_from_checkpoint)
     run = setup(args)
     run.accelerator.init_trackers("pretrain_realm", config={k: v for k, v in vars(args).items()
                                                            if isinstance(v, (int, float, str, bool))})
@@ -463,7 +421,7 @@ def main(argv=None) -> dict:
                "refresh_wait_seconds": refresher.wait_seconds, "history": state["history"]}
     save_models(run, metrics)
     if run.accelerator.is_main_process:
-        write_json(output_dir / "metrics.json", metrics)
+        training.write_json(output_dir / "metrics.json", metrics)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     last = state["history"][-1] if state["history"] else {}

@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from index_builder import BlockIndex
 from modeling_realm.apps.build_index import main as build_index_cli
 from modeling_realm.apps.synthetic import documents, invent_people
+from modeling_realm.training import checkpoint_to_resume
 from tests.examples import test_finetune_openqa, test_pretrain_ict, test_pretrain_realm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def assert_indices_complete(root: Path) -> None:
 
 
 def assert_resumes_from(out: Path, script, point: KillPoint) -> None:
-    assert script.checkpoint_to_resume(out, "latest").name in point.resumes_from
+    assert checkpoint_to_resume(out, "latest").name in point.resumes_from
 
 
 def assert_same_weights(directory: Path, reference: Path) -> None:
@@ -308,7 +309,7 @@ def test_async_refresh_preempted_with_its_worker_then_resumed(stages, tmp_path):
     kill_when(stage.command(out, options=ASYNC), out, worker_writing, tmp_path / "killed.log")
     assert_checkpoints_complete(out)
     assert_versions_complete(out / "index_versions")
-    checkpoint = stage.script.checkpoint_to_resume(out, "latest")
+    checkpoint = checkpoint_to_resume(out, "latest")
     saved_version = json.loads((checkpoint / "trainer_state.json").read_text())["refresh"]["version"]
     resumed = stage.run(out, "--resume-from-checkpoint", "latest", options=ASYNC)
     assert resumed["completed_steps"] == 300 and [r["step"] for r in resumed["history"]] == [100, 200, 300]

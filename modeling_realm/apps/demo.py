@@ -29,7 +29,7 @@ from modeling_realm.models import RealmRetriever
 from modeling_realm.models.bert_init import init_from_bert
 from modeling_realm.models.loading import demo_model_path
 from modeling_realm.openqa import RealmForOpenQA
-from modeling_realm.openqa.training import training_batch
+from modeling_realm.openqa.batches import training_batch
 from tokenization.block_inputs import block_inputs
 from tokenization.storage import atomic_directory
 

@@ -10,6 +10,7 @@ from modeling_realm.openqa.answers import (
     normalize_answer,
     regex_match,
 )
+from modeling_realm.openqa.batches import training_batch
 from modeling_realm.openqa.data import collate_qa, load_qa
 from modeling_realm.openqa.evaluation import evaluate_openqa
 from modeling_realm.openqa.metrics import (
@@ -21,7 +22,6 @@ from modeling_realm.openqa.metrics import (
 )
 from modeling_realm.openqa.model import RealmForOpenQA
 from modeling_realm.openqa.pipeline import OpenDomainQAPipeline, register_pipeline
-from modeling_realm.openqa.training import training_batch
 
 __all__ = [
     "DEFAULT_KS",

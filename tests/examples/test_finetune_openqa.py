@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from index_builder import BlockIndex
 from modeling_realm import RealmForOpenQA
+from modeling_realm.openqa.batches import training_batch
 from modeling_realm.openqa.metrics import evaluate_predictions
-from modeling_realm.openqa.training import training_batch
 from tests.helpers import PARITY, VOCAB
 from tokenization import RealmTokenizerFast
 

@@ -23,15 +23,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
 import modeling_realm
-from modeling_realm import (
-    RealmEmbedder,
-    RealmForOpenQA,
-    RealmKnowledgeAugEncoder,
-    RealmReader,
-    RealmRetriever,
-    RealmScorer,
-)
 from modeling_realm.hub.remote_code import local_imports
+from modeling_realm.models import RealmEmbedder, RealmKnowledgeAugEncoder, RealmReader, RealmRetriever, RealmScorer
+from modeling_realm.openqa import RealmForOpenQA
 from tests.helpers import PARITY, VOCAB, assert_close, load_io, perturb_, tiny_config
 from tokenization import RealmTokenizerFast
 

@@ -7,14 +7,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModel
 
-from modeling_realm import (
-    RealmEmbedder,
-    RealmForOpenQA,
-    RealmKnowledgeAugEncoder,
-    RealmReader,
-    RealmRetriever,
-    RealmScorer,
-)
+from modeling_realm.models import RealmEmbedder, RealmKnowledgeAugEncoder, RealmReader, RealmRetriever, RealmScorer
+from modeling_realm.openqa import RealmForOpenQA
 from tests.helpers import PARITY, assert_close, load_io, perturb_, tiny_config
 
 

@@ -5,16 +5,8 @@ import logging
 
 import pytest
 
-from modeling_realm.openqa.answers import (
-    answer_spans,
-    compile_answer_pattern,
-    exact_match,
-    f1_score,
-    has_answer,
-    load_qa_file,
-    normalize_answer,
-    regex_match,
-)
+from modeling_realm.openqa import exact_match, f1_score, has_answer, load_qa_file, normalize_answer, regex_match
+from modeling_realm.openqa.answers import answer_spans, compile_answer_pattern
 from tests.helpers import SHARED_DATA
 
 # A real CuratedTREC train pattern (CuratedTrec-train.txt line 701) that ends in a lone backslash.

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_realm.openqa.training import training_batch
+from modeling_realm.openqa.batches import training_batch
 from tests.helpers import PARITY, assert_close, load_io
 from tests.modeling_realm.openqa.test_answering import fixture_model
 

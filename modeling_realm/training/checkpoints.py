@@ -21,8 +21,11 @@ STATE_FILE = "trainer_state.json"
 CHECKPOINT = re.compile(r"^step_(\d+)$")
 
 
-def checkpoint_to_resume(output_dir: Path, resume: str) -> Path:
-    """The step_N directory `--resume-from-checkpoint` names: a path, or 'latest' (the highest N in output_dir)."""
+def checkpoint_to_resume(output_dir: Path, resume: str | None) -> Path | None:
+    """The step_N directory `--resume-from-checkpoint` names: a path, or 'latest' (the highest N in output_dir);
+    None when it names none (a fresh run)."""
+    if resume is None:
+        return None
     if resume != "latest":
         path = Path(resume)
         if not (path / STATE_FILE).is_file():
@@ -52,6 +55,13 @@ def save_checkpoint(accelerator, output_dir: Path, state: dict) -> Path:
         logger.info("Saved checkpoint %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def batches_left(accelerator, loader, batches_done: int):
+    """`loader` without the batches of this epoch that a resumed checkpoint already trained on (`batches_done`)."""
+    if batches_done == 0:
+        return loader
+    return [] if batches_done >= len(loader) else accelerator.skip_first_batches(loader, batches_done)
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
