@@ -14,7 +14,7 @@ from modeling_realm.models.losses import mask_to_score
 def enumerate_spans(block_mask: torch.Tensor, max_span_width: int):
     """Enumerate spans of width 1..max_span_width, widths in increasing order, starts left to right.
 
-    block_mask: `[..., seq]` bool, true on evidence-block tokens.
+    block_mask: `[..., seq]` bool, true on the block's tokens.
     Returns starts `[num_spans]`, ends `[num_spans]` (inclusive) and span_mask `[..., num_spans]`, true where both
     ends of the span lie in the block.
     """
@@ -48,7 +48,7 @@ def check_reader_length(seq_len: int, max_span_width: int):
 
 
 class RealmReaderProjection(nn.Module):
-    """Scores every span of width <= `max_span_width` that lies inside the evidence block.
+    """Scores every span of width <= `max_span_width` that lies inside the block.
 
     A span's score is `w . LayerNorm(relu(start_proj[start] + end_proj[end]))`; spans outside the block get the
     most negative finite score.

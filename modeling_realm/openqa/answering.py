@@ -64,8 +64,8 @@ def answer_questions(model, tokenizer, questions: list[str], top_k: int = 1, bat
 
 @torch.no_grad()
 def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) -> list[dict]:
-    """Answer `question` from a given passage, without retrieval: the reader scores spans over windows of the
-    passage (`reader_seq_len` tokens, overlapping by a quarter) with zero retrieval score."""
+    """Answer `question` from a given context, without retrieval: the reader scores spans over windows of the
+    context (`reader_seq_len` tokens, overlapping by a quarter) with zero retrieval score."""
     if not isinstance(context, str) or not context.strip():
         raise ValueError("context must be a non-empty string (or leave it out to retrieve from the index).")
     tokenize_questions(tokenizer, [question], model.config, model.device)  # validates question
@@ -86,14 +86,14 @@ def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) 
         # [1, windows, num_spans]
         logits, starts, ends = model._read(batch.input_ids, batch.attention_mask, batch.token_type_ids,
                                            batch.block_mask, torch.zeros(1, windows, device=model.device))
-    passage = {"block_id": None, "doc_id": None, "title": "", "text": context}
-    return _top_spans(logits[0], starts, ends, batch, 0, [passage] * windows, top_k)
+    window = {"block_id": None, "doc_id": None, "title": "", "text": context}
+    return _top_spans(logits[0], starts, ends, batch, 0, [window] * windows, top_k)
 
 
 def shortened_question(tokenizer, question: str, length: int) -> str:
     """`question`, cut at a token boundary so that it fills at most half of a `length`-token reader window (the rest
-    holds the passage; a question longer than the window could not be read with any of it)."""
-    budget = max(1, length // 2 - 2)  # [CLS] question [SEP] passage [SEP]
+    holds the context; a question longer than the window could not be read with any of it)."""
+    budget = max(1, length // 2 - 2)  # [CLS] question [SEP] context [SEP]
     with TOKENIZER_LOCK:
         offsets = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     if len(offsets) <= budget:
