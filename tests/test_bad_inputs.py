@@ -130,6 +130,64 @@ def _edit_json(file_name: str, **changes):
     return damage
 
 
+def _edit_manifest(edit):
+    """A damage function that rewrites the parsed manifest.json of a directory with `edit(record)`."""
+    def damage(directory: Path):
+        record = json.loads((directory / "manifest.json").read_text())
+        edit(record)
+        (directory / "manifest.json").write_text(json.dumps(record))
+
+    return damage
+
+
+def _list_file(name: str):
+    """A damage function: the manifest lists one more file, `name` (outside the index), with a wrong size."""
+    return _edit_manifest(lambda record: record["files"].update({name: {"bytes": 1, "xxh3_64": "0" * 16}}))
+
+
+def _victim_outside(tmp) -> Path:
+    """A file of the user's next to the index, which no index may read or delete."""
+    return _write(tmp / "victim.txt", "the user's own file")
+
+
+def _outside_name_index(tmp):
+    _victim_outside(tmp)
+    return _damaged_index(tmp, _list_file("../victim.txt"))
+
+
+def _nested_manifest(directory: Path):
+    (directory / "manifest.json").write_text('{"format_version": 1, "files": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+def _symlink_outside(tmp):
+    """blocks.arrow replaced by a link to an identical copy outside the index."""
+    directory = _saved_index(tmp)
+    outside = tmp / "elsewhere.arrow"
+    outside.write_bytes((directory / "blocks.arrow").read_bytes())
+    (directory / "blocks.arrow").unlink()
+    (directory / "blocks.arrow").symlink_to(outside)
+    return lambda: BlockIndex.load_from_disk(directory)
+
+
+def _hub_layout_with_shard(tmp, shard_name: str):
+    """A local Hub-layout index folder whose manifest names `shard_name` as a shard, loaded by from_pretrained."""
+    from index_builder.hub.repo import write_hub_folder
+
+    index = BlockIndex.from_arrays(_embeddings(), [f"block {i}" for i in range(6)], progress=False)
+    folder = tmp / "hub-folder"
+    folder.mkdir()
+    write_hub_folder(index, folder)
+    _victim_outside(tmp)
+
+    def rename(record):
+        (old,) = [name for name in record["files"] if name.endswith(".parquet")]
+        record["files"][shard_name] = record["files"].pop(old)
+        record["shards"] = [shard_name]
+
+    _edit_manifest(rename)(folder)
+    return lambda: BlockIndex.from_pretrained(str(folder), cache_dir=tmp / "converted")
+
+
 def _build_over_index(tmp, embeddings):
     """`BlockIndex.build` into the directory of an existing good index, with `embeddings` for 6 blocks."""
     directory = _saved_index(tmp)
@@ -329,6 +387,44 @@ CATALOGUE = [
     Case("checkpoint-missing-tokenizer", "checkpoint", "answer() with a model saved without tokenizer files",
          _without_tokenizer, error=ValueError, match="tokenizer.*(tokenizer=|save_pretrained)"),
     # ------------------------------------------------------------ indices
+    Case("index-manifest-names-outside", "index", "a manifest listing ../victim.txt (with a wrong size)",
+         _outside_name_index, error=ValueError,
+         match=r"not a valid BlockIndex manifest: a BlockIndex directory lists exactly \['blocks.arrow', "
+               r"'index.faiss'\].*Rebuild or re-download"),
+    Case("index-manifest-names-device", "index", "a manifest listing /dev/zero",
+         lambda tmp: _damaged_index(tmp, _list_file("/dev/zero")), error=ValueError,
+         match=r"lists exactly \['blocks.arrow', 'index.faiss'\], this one \['/dev/zero'"),
+    Case("index-manifest-no-files", "index", "a manifest whose files map is empty (no checks would run)",
+         lambda tmp: _damaged_index(tmp, _edit_manifest(lambda r: r.update(files={}))), error=ValueError,
+         match=r"lists exactly \['blocks.arrow', 'index.faiss'\], this one \[\]"),
+    Case("index-manifest-wrong-types", "index", "a manifest with a string size and a list dimension",
+         lambda tmp: _damaged_index(tmp, _edit_manifest(lambda r: r.update(dimension=[16], num_blocks="6"))),
+         error=ValueError, match=r"'num_blocks' is '6', expected an integer >= 0; 'dimension' is \[16\]"),
+    Case("index-manifest-bad-file-entry", "index", "a manifest whose file entry is a string",
+         lambda tmp: _damaged_index(tmp, _edit_manifest(lambda r: r["files"].update({"index.faiss": "x"}))),
+         error=ValueError, match=r"files\['index.faiss'\] is 'x', expected"),
+    Case("index-manifest-deeply-nested", "index", "a manifest nested 100,000 levels deep",
+         lambda tmp: _damaged_index(tmp, _nested_manifest), error=ValueError,
+         match=r"is not valid JSON \(RecursionError.*rebuild or re-download"),
+    Case("index-manifest-a-list", "index", "a manifest.json that holds a JSON list",
+         lambda tmp: _damaged_index(tmp, lambda d: (d / "manifest.json").write_text("[1, 2]")), error=ValueError,
+         match=r"holds a JSON list, not an object"),
+    Case("index-manifest-is-a-device", "index", "manifest.json replaced by a link to /dev/zero",
+         lambda tmp: _damaged_index(tmp, lambda d: ((d / "manifest.json").unlink(),
+                                                    (d / "manifest.json").symlink_to("/dev/zero"))),
+         error=ValueError, match=r"manifest.json is not a regular file of at most \d+ bytes"),
+    Case("index-file-links-outside", "index", "blocks.arrow replaced by a link to a copy outside the index",
+         _symlink_outside, error=ValueError, match=r"blocks.arrow leads outside the index"),
+    Case("index-hub-shard-outside", "index", "a Hub-layout manifest naming the shard ../other/x.parquet",
+         lambda tmp: _hub_layout_with_shard(tmp, "../other/x.parquet"), error=ValueError,
+         match=r"file names \['../other/x.parquet'\] are not shards data/<name>.parquet"),
+    Case("index-hub-shard-absolute", "index", "a Hub-layout manifest naming the shard /etc/passwd",
+         lambda tmp: _hub_layout_with_shard(tmp, "/etc/passwd"), error=ValueError,
+         match=r"file names \['/etc/passwd'\] are not shards"),
+    Case("index-hub-layout-load-from-disk", "index", "load_from_disk on a Hub-layout folder",
+         lambda tmp: (lambda f: lambda: BlockIndex.load_from_disk(f))(
+             _hub_layout_with_shard(tmp, "data/train-00000-of-00001.parquet") and tmp / "hub-folder"),
+         error=ValueError, match=r"Hub layout.*BlockIndex.from_pretrained"),
     Case("index-corrupted-file", "index", "load_from_disk after a byte of index.faiss flipped",
          lambda tmp: _damaged_index(tmp, lambda d: _flip_byte(d / "index.faiss")), error=ValueError,
          match=r"index.faiss does not match the checksum in the manifest.*Rebuild or re-download"),

@@ -15,7 +15,6 @@ so later loads memory-map it straight away (also offline). A local directory in 
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -32,12 +31,19 @@ from tqdm.auto import tqdm
 import index_builder.index.faiss_utils as faiss_utils
 from index_builder.hub.card import DATA_DIR, SHARD_PATTERN, render_card
 from index_builder.index.blocks_table import WRITE_BATCH, block_schema, write_blocks
-from index_builder.index.manifest import BLOCKS_FILE, FAISS_FILE, MANIFEST, IndexMismatchError, Manifest
+from index_builder.index.manifest import (
+    BLOCKS_FILE,
+    FAISS_FILE,
+    HUB_LAYOUT,
+    MANIFEST,
+    IndexMismatchError,
+    Manifest,
+    listed_file,
+)
 from tokenization.storage import atomic_directory, atomic_write_bytes, recover_directory
 
 logger = logging.getLogger(__name__)
 
-HUB_LAYOUT = "hub-parquet"
 CARD = "README.md"
 CACHE_FOLDER = "realm_index"  # next to `snapshots/` in the Hub cache folder of a repo
 LOCAL_CACHE_FOLDER = "realm_indices"  # under HF_HOME (or cache_dir) for local Hub-layout directories
@@ -84,10 +90,9 @@ def write_hub_folder(index, folder, max_shard_size: int | str = "500MB", repo_id
     faiss_utils.write(index.faiss_index, folder / FAISS_FILE)
     manifest = dataclasses.replace(index.manifest, num_blocks=len(index),
                                    search_params=dict(index.manifest.search_params))
+    manifest = dataclasses.replace(manifest, layout=HUB_LAYOUT, shards=shards)
     manifest.record_files(folder, shards + [FAISS_FILE])
-    fields = json.loads(manifest.to_json())
-    fields.update(layout=HUB_LAYOUT, shards=shards)
-    atomic_write_bytes(folder / MANIFEST, (json.dumps(fields, indent=2, sort_keys=True) + "\n").encode())
+    manifest.write(folder)
     card = render_card(manifest, repo_id or "<namespace>/<name>", description)
     atomic_write_bytes(folder / CARD, card.encode())
     return shards + [FAISS_FILE, MANIFEST, CARD]
@@ -161,16 +166,15 @@ def _load_local(cls, directory: Path, cache_dir, verify: bool):
         return cls.load_from_disk(directory, verify=verify)
     from huggingface_hub import constants
 
+    manifest = Manifest.read(directory)  # checked: a regular file of bounded size, field types, file names
     key = xxhash.xxh3_64((directory / MANIFEST).read_bytes()).hexdigest()
     root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HOME) / LOCAL_CACHE_FOLDER
     target = root / f"local--{key}"
     cached = _load_cached(cls, target, verify)
     if cached is not None:
         return cached
-    manifest, shards = read_hub_manifest(directory)
-    for name in manifest.files:
-        _verify_file(directory, manifest, name, verify)
-    return _materialise(cls, directory, target, manifest, shards)
+    manifest.verify_files(directory, checksums=verify)
+    return _materialise(cls, directory, target, manifest, _shards_of(manifest, directory))
 
 
 def _load_from_hub(cls, repo_id: str, revision, token, cache_dir, verify: bool, local_files_only: bool):
@@ -188,25 +192,24 @@ def _load_from_hub(cls, repo_id: str, revision, token, cache_dir, verify: bool, 
     cached = _load_cached(cls, target, verify)
     if cached is not None:
         return cached
-    text = (snapshot / MANIFEST).read_text()
-    Manifest.from_json(text, source=f"{MANIFEST} of {repo_id}")  # a clear error if it is not one of ours
-    manifest_fields = json.loads(text)
+    repo_folder = snapshot.parents[1]  # the repo's Hub cache folder: its snapshots link into its blobs/
+    manifest = Manifest.read(snapshot)  # checked before any file it names is downloaded
     with _hub_errors(repo_id, revision):
-        snapshot_download(repo_id, revision=sha, allow_patterns=sorted(manifest_fields.get("files", {})), **kwargs)
-    if manifest_fields.get("layout") != HUB_LAYOUT:  # a save_to_disk directory uploaded as is
-        return cls.load_from_disk(snapshot, verify=verify)
-    manifest, shards = read_hub_manifest(snapshot)
+        snapshot_download(repo_id, revision=sha, allow_patterns=sorted(manifest.files), **kwargs)
+    if manifest.layout != HUB_LAYOUT:  # a save_to_disk directory uploaded as is
+        return cls.load_from_disk(snapshot, verify=verify, trusted_root=repo_folder)
     for name in manifest.files:
         try:
-            _verify_file(snapshot, manifest, name, verify)
+            _verify_file(snapshot, manifest, name, verify, repo_folder)
         except IndexMismatchError as error:
-            _evict(snapshot / name)
+            _evict(snapshot, name, repo_folder)
             raise IndexMismatchError(
                 f"{name} downloaded from dataset repo {repo_id!r} (commit {sha}) does not match its {MANIFEST}: "
                 f"{error} The bad download was removed from the cache: load again to download it again; if this "
                 "persists the repo itself is damaged, push the index again.") from error
+    shards = _shards_of(manifest, snapshot)
     logger.info("Converting %s (commit %s) into a BlockIndex directory at %s", repo_id, sha, target)
-    return _materialise(cls, snapshot, target, manifest, shards)
+    return _materialise(cls, snapshot, target, manifest, shards, repo_folder)
 
 
 @contextlib.contextmanager
@@ -238,32 +241,24 @@ def _hub_errors(repo_id: str, revision):
                                 ) from error
 
 
-def read_hub_manifest(directory: Path) -> tuple[Manifest, list[str]]:
-    """The manifest of a Hub-layout directory and its parquet shards in row order."""
-    path = Path(directory) / MANIFEST
-    text = path.read_text()
-    manifest = Manifest.from_json(text, source=str(path))
-    fields = json.loads(text)
-    shards = fields.get("shards") or sorted(name for name in manifest.files if name.endswith(".parquet"))
-    unlisted = [name for name in list(shards) + [FAISS_FILE] if name not in manifest.files]
-    if fields.get("layout") != HUB_LAYOUT or not shards or unlisted:
-        raise IndexMismatchError(f"{path} does not describe a Hub-layout BlockIndex (layout {fields.get('layout')!r}, "
-                                 f"shards {shards}, unlisted files {unlisted}); push the index again with "
-                                 "BlockIndex.push_to_hub.")
-    return manifest, list(shards)
+def _shards_of(manifest: Manifest, directory: Path) -> list[str]:
+    """The parquet shards of a Hub-layout manifest, in row order."""
+    if manifest.layout != HUB_LAYOUT:
+        raise IndexMismatchError(f"{directory / MANIFEST} does not describe a Hub-layout BlockIndex; push the index "
+                                 "again with BlockIndex.push_to_hub.")
+    return list(manifest.shards or sorted(name for name in manifest.files if name != FAISS_FILE))
 
 
 def _is_hub_layout(directory: Path) -> bool:
-    try:
-        return json.loads((directory / MANIFEST).read_text()).get("layout") == HUB_LAYOUT
-    except (OSError, json.JSONDecodeError) as error:
-        logger.debug("%s is not a Hub-layout directory: %s", directory, error)
-        return False
+    """Whether `directory` holds a Hub-layout manifest (a damaged manifest raises IndexMismatchError here)."""
+    return (directory / MANIFEST).exists() and Manifest.read(directory).layout == HUB_LAYOUT
 
 
-def _verify_file(directory: Path, manifest: Manifest, name: str, checksums: bool):
-    """Raise IndexMismatchError naming `name` if it is missing, of the wrong size or (with checksums) altered."""
-    dataclasses.replace(manifest, files={name: manifest.files[name]}).verify_files(directory, checksums=checksums)
+def _verify_file(directory: Path, manifest: Manifest, name: str, checksums: bool, trusted_root: Path):
+    """Raise IndexMismatchError naming `name` if it is missing, outside `trusted_root`, of the wrong size or (with
+    checksums) altered."""
+    single = dataclasses.replace(manifest, files={name: manifest.files[name]})
+    single.verify_files(directory, checksums=checksums, trusted_root=trusted_root)
 
 
 def _load_cached(cls, target: Path, verify: bool):
@@ -278,13 +273,13 @@ def _load_cached(cls, target: Path, verify: bool):
         return None
 
 
-def _materialise(cls, source: Path, target: Path, manifest: Manifest, shards: list[str]):
-    """Write blocks.arrow from the parquet shards (streamed), link index.faiss and a fresh manifest, atomically."""
+def _materialise(cls, source: Path, target: Path, manifest: Manifest, shards: list[str], trusted_root=None):
+    """Write blocks.arrow from the (verified) parquet shards, link index.faiss and a fresh manifest, atomically."""
     with atomic_directory(target, overwrite=target.exists()) as staging:
         write_blocks(staging / BLOCKS_FILE, manifest.dimension,
                      _parquet_batches(source, shards, manifest.dimension, manifest.num_blocks))
-        _link_or_copy(source / FAISS_FILE, staging / FAISS_FILE)
-        local = dataclasses.replace(manifest, files={})
+        _link_or_copy(listed_file(source, FAISS_FILE, trusted_root), staging / FAISS_FILE)
+        local = dataclasses.replace(manifest, files={}, layout=None, shards=None)
         local.record_files(staging, [BLOCKS_FILE, FAISS_FILE])
         local.write(staging)
     return cls.load_from_disk(target, verify=False)
@@ -315,11 +310,17 @@ def _link_or_copy(source: Path, target: Path):
         shutil.copyfile(source, target)
 
 
-def _evict(path: Path):
-    """Remove a downloaded file from the Hub cache: the snapshot entry and the blob it points to."""
+def _evict(snapshot: Path, name: str, repo_folder: Path):
+    """Remove a bad download from the Hub cache: the snapshot's entry `name` and the blob it points to, and only
+    these: nothing outside the snapshot and the repo's blob store is ever deleted."""
+    path = snapshot / name
+    if not path.absolute().is_relative_to(snapshot.absolute()) or not os.path.lexists(path):
+        logger.warning("Not removing %s: it is not a file of the snapshot %s", path, snapshot)
+        return
     blob = path.resolve()
-    for victim in {path, blob}:
-        if victim.exists() or victim.is_symlink():
+    victims = [path] + ([blob] if blob != path and blob.is_relative_to((repo_folder / "blobs").resolve()) else [])
+    for victim in victims:
+        if victim.is_file() or victim.is_symlink():
             victim.unlink()
     logger.warning("Removed %s from the Hub cache", path)
 

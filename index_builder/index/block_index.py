@@ -241,12 +241,14 @@ class BlockIndex:
         return directory
 
     @classmethod
-    def load_from_disk(cls, directory, verify: bool = True) -> "BlockIndex":
+    def load_from_disk(cls, directory, verify: bool = True, trusted_root=None) -> "BlockIndex":
         """Load a saved index (memory-mapped blocks), checking it against its manifest.
 
         Args:
             verify: also compare file checksums with the manifest (reads every byte once); sizes, row counts and
                 dimensions are always checked.
+            trusted_root: where the index's files may lead (default `directory` itself; a Hub snapshot's files link
+                into its repo's cache folder).
         Raises:
             FileNotFoundError if `directory` is not an index; IndexMismatchError (a ValueError) naming what differs.
         """
@@ -255,7 +257,10 @@ class BlockIndex:
         if not directory.is_dir():
             raise FileNotFoundError(f"No BlockIndex directory at {directory}.")
         manifest = Manifest.read(directory)
-        manifest.verify_files(directory, checksums=verify)
+        if manifest.layout is not None:
+            raise IndexMismatchError(f"{directory} holds an index in the Hub layout (parquet shards); load it with "
+                                     "BlockIndex.from_pretrained, which converts it.")
+        manifest.verify_files(directory, checksums=verify, trusted_root=trusted_root)
         blocks = open_blocks(directory / BLOCKS_FILE)
         index = faiss_utils.read(directory / FAISS_FILE)
         _check_consistency(directory, manifest, blocks, index)

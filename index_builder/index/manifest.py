@@ -1,7 +1,19 @@
-"""`manifest.json`: what a BlockIndex directory holds, and the checks made before it is trusted."""
+"""`manifest.json`: what a BlockIndex directory holds, and the checks made before it is trusted.
+
+An index directory, a Hub repo and their manifests are untrusted input (SECURITY.md). A manifest is read only from a
+regular file of at most `MAX_MANIFEST_BYTES`; its structure and every field's type are checked with one error that
+lists what is wrong; it may name only the files its layout defines (`blocks.arrow` and `index.faiss` on disk;
+`index.faiss` and `data/<name>.parquet` shards in the Hub layout), all of them present; and each file must be a
+regular file inside the directory (or, for a Hub snapshot, a link into its repo's blob store) before a byte of it is
+read.
+"""
 
 import dataclasses
 import json
+import math
+import os
+import re
+import stat
 import time
 from pathlib import Path
 
@@ -11,6 +23,10 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BLOCKS_FILE = "blocks.arrow"
 FAISS_FILE = "index.faiss"
+HUB_LAYOUT = "hub-parquet"
+HUB_SHARD = re.compile(r"^data/[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.parquet$")
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest of a 13M-block index in 10,000 shards is ~2 MB
+CHECKSUM = re.compile(r"^[0-9a-f]{16}$")
 
 
 class IndexMismatchError(ValueError):
@@ -30,30 +46,40 @@ class Manifest:
     created: str = dataclasses.field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     files: dict = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    layout: str | None = None  # HUB_LAYOUT for a Hub repo (parquet shards), None for a save_to_disk directory
+    shards: list | None = None  # the parquet shards of the Hub layout, in row order
 
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)
         fields["embedder"] = {"name": fields.pop("embedder_name"), "fingerprint": fields.pop("embedder_fingerprint")}
+        for name in ("layout", "shards"):
+            if fields[name] is None:
+                del fields[name]
         return json.dumps(fields, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = "manifest.json") -> "Manifest":
+        """Parse and check a manifest: IndexMismatchError lists every field that is missing or wrong."""
         try:
             fields = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise IndexMismatchError(f"{source} is not valid JSON ({error}); the index directory is damaged, "
-                                     "rebuild or re-download it.") from error
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise IndexMismatchError(f"{source} is not valid JSON ({type(error).__name__}: {str(error)[:200]}); the "
+                                     "index directory is damaged, rebuild or re-download it.") from error
+        if not isinstance(fields, dict):
+            raise IndexMismatchError(f"{source} holds a JSON {type(fields).__name__}, not an object; rebuild or "
+                                     "re-download the index.")
         version = fields.get("format_version")
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION or isinstance(version, bool):
             raise IndexMismatchError(f"{source} has format_version {version!r}; this package reads version "
                                      f"{FORMAT_VERSION}. Rebuild the index with this version of realm-hf.")
+        problems = field_problems(fields)
+        if problems:
+            raise IndexMismatchError(f"{source} is not a valid BlockIndex manifest: " + "; ".join(problems[:10]) +
+                                     ". Rebuild or re-download the index.")
         embedder = fields.pop("embedder", None) or {}
         known = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in fields.items() if k in known}, embedder_name=embedder.get("name"),
-                       embedder_fingerprint=embedder.get("fingerprint"))
-        except TypeError as error:
-            raise IndexMismatchError(f"{source} lacks a required field ({error}); rebuild the index.") from error
+        return cls(**{k: v for k, v in fields.items() if k in known}, embedder_name=embedder.get("name"),
+                   embedder_fingerprint=embedder.get("fingerprint"))
 
     def record_files(self, directory: Path, names):
         self.files = {name: {"bytes": (directory / name).stat().st_size, "xxh3_64": file_checksum(directory / name)}
@@ -64,19 +90,22 @@ class Manifest:
 
     @classmethod
     def read(cls, directory: Path) -> "Manifest":
-        path = directory / MANIFEST
-        if not path.exists():
+        """The manifest of `directory`, read from a regular file of bounded size and checked."""
+        path = Path(directory) / MANIFEST
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"{directory} has no {MANIFEST}: it is not a BlockIndex directory (or its save "
                                     "was interrupted). Build one with BlockIndex.save_to_disk or realm-build-index.")
-        return cls.from_json(path.read_text(), source=str(path))
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
+            raise IndexMismatchError(f"{path} is not a regular file of at most {MAX_MANIFEST_BYTES} bytes; the index "
+                                     "directory is damaged or not a BlockIndex. Rebuild or re-download it.")
+        return cls.from_json(path.read_text(encoding="utf-8", errors="replace"), source=str(path))
 
-    def verify_files(self, directory: Path, checksums: bool = True):
-        """Raise IndexMismatchError naming the first file that is missing, truncated or altered."""
+    def verify_files(self, directory: Path, checksums: bool = True, trusted_root: Path | None = None):
+        """Raise IndexMismatchError naming the first file that is missing, not a regular file inside `directory`
+        (or `trusted_root`, where a Hub snapshot's links point), truncated or altered."""
         for name, expected in self.files.items():
-            path = directory / name
-            if not path.exists():
-                raise IndexMismatchError(f"{path} is missing but listed in the manifest; the index is incomplete. "
-                                         "Rebuild or re-download the index.")
+            path = listed_file(directory, name, trusted_root)
             size = path.stat().st_size
             if size != expected["bytes"]:
                 raise IndexMismatchError(f"{path} has {size} bytes but the manifest says {expected['bytes']}: the file "
@@ -84,3 +113,99 @@ class Manifest:
             if checksums and file_checksum(path) != expected["xxh3_64"]:
                 raise IndexMismatchError(f"{path} does not match the checksum in the manifest: the file is corrupted. "
                                          "Rebuild or re-download the index.")
+
+
+def listed_file(directory: Path, name: str, trusted_root: Path | None = None) -> Path:
+    """`directory / name` once it is known to be a regular file that resolves inside `trusted_root` (default:
+    `directory`); IndexMismatchError otherwise. `name` must already have passed `field_problems`."""
+    path = Path(directory) / name
+    if not os.path.lexists(path):
+        raise IndexMismatchError(f"{path} is missing but listed in the manifest; the index is incomplete. Rebuild or "
+                                 "re-download the index.")
+    root = Path(trusted_root if trusted_root is not None else directory).resolve()
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise IndexMismatchError(f"{path} leads outside the index ({resolved}); an index only reads its own files. "
+                                 "Rebuild or re-download the index.")
+    if not stat.S_ISREG(os.stat(resolved).st_mode):
+        raise IndexMismatchError(f"{path} is not a regular file; rebuild or re-download the index.")
+    return path
+
+
+def field_problems(fields: dict) -> list[str]:
+    """What is wrong with the fields of a parsed manifest (empty when nothing is)."""
+    problems = []
+    for name, check, meaning in FIELD_CHECKS:
+        if name not in fields:
+            if name in REQUIRED_FIELDS:
+                problems.append(f"no {name!r}")
+        elif not check(fields[name]):
+            problems.append(f"{name!r} is {_shown(fields[name])}, expected {meaning}")
+    if not problems:
+        problems += file_name_problems(fields["files"], fields.get("layout"), fields.get("shards"))
+    return problems
+
+
+def file_name_problems(files: dict, layout, shards) -> list[str]:
+    """The files a manifest lists must be exactly those its layout defines, with well-formed sizes and checksums."""
+    problems = [f"files[{name!r}] is {_shown(entry)}, expected {{'bytes': int >= 0, 'xxh3_64': 16 hex digits}}"
+                for name, entry in files.items() if not _is_file_entry(entry)]
+    if layout is None:
+        expected = {BLOCKS_FILE, FAISS_FILE}
+        if set(files) != expected:
+            problems.append(f"a BlockIndex directory lists exactly {sorted(expected)}, this one "
+                            f"{_shown(sorted(files))}")
+        if shards is not None:
+            problems.append("'shards' belongs to the Hub layout only")
+        return problems
+    parquet = [name for name in files if name != FAISS_FILE]
+    bad = [name for name in parquet if not HUB_SHARD.match(name)]
+    if FAISS_FILE not in files:
+        problems.append(f"the Hub layout lists {FAISS_FILE!r}, this one does not")
+    if bad:
+        problems.append(f"file names {_shown(bad)} are not shards data/<name>.parquet")
+    if not parquet:
+        problems.append("the Hub layout lists at least one parquet shard")
+    if shards is not None and sorted(shards) != sorted(parquet):
+        problems.append(f"'shards' {_shown(shards)} differ from the parquet files listed {_shown(sorted(parquet))}")
+    return problems
+
+
+def _is_file_entry(entry) -> bool:
+    return (isinstance(entry, dict) and _is_count(entry.get("bytes")) and isinstance(entry.get("xxh3_64"), str)
+            and CHECKSUM.match(entry["xxh3_64"]) is not None)
+
+
+def _is_count(value, low: int = 0, high: int = 1 << 48) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_param(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_embedder(value) -> bool:
+    return value is None or (isinstance(value, dict) and all(
+        value.get(key) is None or isinstance(value.get(key), str) for key in ("name", "fingerprint")))
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+REQUIRED_FIELDS = ("num_blocks", "dimension", "factory", "files")
+FIELD_CHECKS = [  # (field, check, what it must be)
+    ("num_blocks", _is_count, "an integer >= 0"),
+    ("dimension", lambda v: _is_count(v, 1, 1 << 16), "an integer in [1, 65536]"),
+    ("factory", lambda v: isinstance(v, str) and 0 < len(v) <= 200, "a FAISS factory string"),
+    ("metric", lambda v: v == "inner_product", "'inner_product'"),
+    ("embedder", _is_embedder, "an object with a string or null 'name' and 'fingerprint'"),
+    ("search_params", lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_param(x) for k, x in v.items()),
+     "an object of numbers"),
+    ("contiguous_ids", lambda v: isinstance(v, bool), "true or false"),
+    ("created", lambda v: isinstance(v, str) and len(v) <= 100, "a date string"),
+    ("files", lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "an object of files"),
+    ("layout", lambda v: v == HUB_LAYOUT, repr(HUB_LAYOUT)),
+    ("shards", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of file names"),
+]

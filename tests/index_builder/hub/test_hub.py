@@ -257,3 +257,20 @@ def test_a_save_to_disk_directory_uploaded_as_is_loads_from_the_hub(fake_hub, tm
     HfApi().create_repo("user/raw-upload", repo_type="dataset")
     HfApi().upload_folder(repo_id="user/raw-upload", folder_path=directory, repo_type="dataset")
     assert_same_index(index, BlockIndex.from_pretrained("user/raw-upload"))
+
+
+@pytest.mark.parametrize("name", ["../../../../victim.txt", "/VICTIM"])
+def test_a_hostile_repo_manifest_never_reaches_files_outside_the_cache(fake_hub, hub_cache, tmp_path, name):
+    """A repo whose manifest lists a file outside the snapshot (with a wrong size, which once made the loader evict
+    it) is refused before anything is downloaded or deleted; the user's file is untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file")
+    name = name.replace("/VICTIM", str(victim))
+    small_index().push_to_hub("user/hostile")
+    manifest = json.loads(fake_hub.files("user/hostile", repo_type="dataset")["manifest.json"])
+    manifest["files"][name] = {"bytes": 1, "xxh3_64": "0" * 16}
+    set_server_file(fake_hub, "user/hostile", "manifest.json", json.dumps(manifest).encode())
+    with pytest.raises(IndexMismatchError, match="are not shards data/<name>.parquet"):
+        BlockIndex.from_pretrained("user/hostile")
+    assert victim.read_text() == "the user's own file"
+    assert not list(hub_cache.rglob("victim.txt"))  # nothing of that name was fetched into the cache either
