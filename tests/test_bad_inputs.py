@@ -90,6 +90,21 @@ def _big_document(tmp):
     return lambda: split_into_blocks(load_corpus(path, cache_dir=tmp / "cache"), _tokenizer())
 
 
+INVISIBLE = "\u200b\u200c\ufeff\x00 \u2060"  # zero-width space and non-joiner, BOM, NUL, word joiner
+
+
+def _invisible_documents(tmp):
+    """A corpus of one real document, one of invisible characters only, and one with an invisible sentence."""
+    path = _jsonl(tmp / "corpus.jsonl", [{"text": "Ada Lovelace wrote the first program."}, {"text": INVISIBLE},
+                                         {"text": "Grace Hopper built a compiler.\n" + INVISIBLE}])
+    return lambda: split_into_blocks(load_corpus(path, cache_dir=tmp / "cache"), _tokenizer())
+
+
+def _only_visible_blocks(blocks) -> bool:
+    return set(blocks["doc_id"]) == {"0", "2"} and all(text.strip(INVISIBLE) for text in blocks["text"]) and \
+        min(blocks["num_tokens"]) > 0
+
+
 def _blocks_cover_the_document(blocks) -> bool:
     return len(blocks) > 1000 and max(blocks["num_tokens"]) <= 288 and set(blocks["doc_id"]) == {"0"}
 
@@ -292,6 +307,8 @@ CATALOGUE = [
          match=rf"line 2: invalid JSON.*{ERROR_FIX}"),
     Case("corpus-5mb-document", "corpus", "one 5 MB document",
          _big_document, check=_blocks_cover_the_document),
+    Case("corpus-invisible-text", "corpus", "documents and sentences of zero-width, BOM and NUL characters only",
+         _invisible_documents, check=_only_visible_blocks),
     Case("corpus-duplicate-doc-ids", "corpus", "two records with doc_id 7",
          lambda tmp: _corpus(tmp, [{"doc_id": 7, "text": "a"}, {"doc_id": "7", "text": "b"}]), error=ValueError,
          match=r"line 2: duplicate doc_id '7'.*on_error='skip' keeps the first"),
@@ -477,6 +494,8 @@ CATALOGUE = [
     # ------------------------------------------------------------ queries
     Case("query-empty-string", "query", "answer('')",
          _answer(""), error=ValueError, match="Every question must be a non-empty string"),
+    Case("query-invisible-question", "query", "answer() of a question of zero-width characters and NUL",
+         _answer(INVISIBLE), error=ValueError, match="Every question must be a non-empty string"),
     Case("query-not-a-string", "query", "answer([None])",
          _answer([None]), error=ValueError, match=r"Every question must be a non-empty string; got \[None\]"),
     Case("query-10000-words", "query", "answer() a 10,000-word question",

@@ -21,7 +21,7 @@ from tokenization.masking import (
     salient_spans_per_sentence,
 )
 from tokenization.reader_inputs import ReaderBatch, answer_token_spans, char_span_to_tokens, reader_inputs
-from tokenization.sentences import split_sentences
+from tokenization.sentences import is_blank, split_sentences
 from tokenization.tokenization_realm import RealmTokenizer, RealmTokenizerFast
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "block_inputs",
     "char_span_to_tokens",
     "find_salient_spans",
+    "is_blank",
     "jsonl_values",
     "load_corpus",
     "make_masked_batch",

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from tokenization.sentences import sentence_spans
+from tokenization.sentences import is_blank, sentence_spans
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ def split_into_blocks(corpus, tokenizer, max_block_length: int = DEFAULT_MAX_BLO
 
     Returns:
         `datasets.Dataset` with `block_id` (int64, 0..n-1 in corpus order), `doc_id`, `title`, `text` (str) and
-        `num_tokens` (int32, wordpieces of `text`). Documents whose text is empty or only whitespace give no block.
+        `num_tokens` (int32, wordpieces of `text`). Documents whose text is blank (empty, or only whitespace, control
+        and zero-width characters: `sentences.is_blank`) give no block.
     """
     from datasets import Features, Value
 
@@ -81,6 +82,8 @@ def _split_batch(batch: dict, tokenizer, max_block_length: int) -> dict:
     for i, text in enumerate(texts):
         pieces = []
         for (start, end), count in zip(spans[i], counts):
+            if count == 0 or is_blank(text[start:end]):
+                continue  # nothing a tokenizer or a reader can see: no block of [CLS] [SEP] alone
             if count <= max_block_length:
                 pieces.append((start, end, count))
             else:

@@ -8,6 +8,7 @@ whitespace.
 """
 
 import re
+import unicodedata
 
 # Abbreviations that never end a sentence (compared lower-cased, with their final period).
 ABBREVIATIONS = frozenset(
@@ -23,6 +24,15 @@ _CANDIDATE = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s)")
 _OPENERS = "\"'\u201c\u2018([" + "\u00bf\u00a1"
 _DOTTED = re.compile(r"(?:[A-Za-z]\.){2,}")
 _INITIAL = re.compile(r"[A-Z]\.")
+# Unicode categories of characters that show nothing: controls (NUL...), format characters (zero-width spaces and
+# joiners, byte-order marks), surrogates, private use, unassigned, and separators.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` shows nothing: it is empty or holds only whitespace, control and format characters (NUL,
+    zero-width spaces, byte-order marks...). Such a text counts as empty wherever the package checks for one."""
+    return all(char.isspace() or unicodedata.category(char) in INVISIBLE_CATEGORIES for char in text)
 
 
 def split_sentences(text: str) -> list[str]:

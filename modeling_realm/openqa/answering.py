@@ -13,6 +13,7 @@ from modeling_realm.models.pretrained import evaluation_mode
 from modeling_realm.models.spans import ranked_spans
 from modeling_realm.retrieval import RetrievedBlocks, check_index, retrieve_blocks
 from tokenization.reader_inputs import ReaderBatch, reader_inputs
+from tokenization.sentences import is_blank
 
 # A fast tokenizer keeps its truncation and padding settings as state that each call rewrites, so two threads
 # tokenizing with different settings (questions vs. question + block) can encode with each other's. Answering
@@ -27,9 +28,9 @@ logger = logging.getLogger(__name__)
 def tokenize_questions(tokenizer, questions: list[str], config, device):
     """Question tower inputs, truncated to `searcher_seq_len` tokens (and never past the position embeddings)."""
     max_length = min(config.searcher_seq_len, config.max_position_embeddings)
-    if not questions or any(not isinstance(q, str) or not q.strip() for q in questions):
+    if not questions or any(not isinstance(q, str) or is_blank(q) for q in questions):
         raise ValueError("Every question must be a non-empty string; got "
-                         f"{[q for q in questions if not isinstance(q, str) or not q.strip()][:3]!r}.")
+                         f"{[q for q in questions if not isinstance(q, str) or is_blank(q)][:3]!r}.")
     with TOKENIZER_LOCK:
         encoding = tokenizer(questions, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     full = encoding["attention_mask"].sum(1) == max_length  # [batch]: may have been cut
@@ -66,7 +67,7 @@ def answer_questions(model, tokenizer, questions: list[str], top_k: int = 1, bat
 def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) -> list[dict]:
     """Answer `question` from a given context, without retrieval: the reader scores spans over windows of the
     context (`reader_seq_len` tokens, overlapping by a quarter) with zero retrieval score."""
-    if not isinstance(context, str) or not context.strip():
+    if not isinstance(context, str) or is_blank(context):
         raise ValueError("context must be a non-empty string (or leave it out to retrieve from the index).")
     tokenize_questions(tokenizer, [question], model.config, model.device)  # validates question
     length = model.config.reader_seq_len

@@ -31,6 +31,7 @@ from pathlib import Path
 import regex
 
 from tokenization.jsonl import jsonl_values
+from tokenization.sentences import is_blank
 
 logger = logging.getLogger(__name__)
 
@@ -296,12 +297,12 @@ def _check_record(raw, question_field, answer_field, match) -> tuple[dict | None
         if name not in raw:
             return None, f"no field {name!r} (fields: {sorted(raw)}); pass {option}=<the right field name>"
     question, answers = raw[question_field], raw[answer_field]
-    if not isinstance(question, str) or not question.strip():
+    if not isinstance(question, str) or is_blank(question):
         return None, f"empty or non-string question {question!r}"
     answers = [answers] if isinstance(answers, str) else answers
     if not isinstance(answers, list) or not answers:
         return None, f"field {answer_field!r} must be a non-empty list of answer strings, got {answers!r}"
-    if not all(isinstance(answer, str) and answer.strip() for answer in answers):
+    if not all(isinstance(answer, str) and not is_blank(answer) for answer in answers):
         return None, f"field {answer_field!r} holds an empty or non-string answer: {answers!r}"
     if match == "regex":
         for pattern in answers:

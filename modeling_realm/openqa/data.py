@@ -9,6 +9,7 @@ written by `datasets.Dataset.save_to_disk` with the same two fields. CuratedTREC
 from pathlib import Path
 
 from modeling_realm.openqa.answers import compile_answer_pattern, load_qa_file
+from tokenization.sentences import is_blank
 
 
 def load_qa(path, question_field: str = "question", answer_field: str = "answer", match: str = "string"
@@ -47,9 +48,9 @@ def _load_dataset_dir(path: Path, question_field: str, answer_field: str, match:
 
 def _example(question, answers, match: str, where: str) -> dict:
     answers = [answers] if isinstance(answers, str) else answers
-    if not isinstance(question, str) or not question.strip():
+    if not isinstance(question, str) or is_blank(question):
         raise ValueError(f"{where}: empty or non-string question {question!r}; fix or drop the row.")
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and not is_blank(a) for a in answers):
         raise ValueError(f"{where}: the answers must be a non-empty list of non-empty strings, got {answers!r}; fix "
                          "or drop the row.")
     if match == "regex":
