@@ -53,6 +53,12 @@ def new_index(dimension: int, factory: str):
     return index
 
 
+def check_build_settings(factory: str, search_params: dict, dimension: int) -> None:
+    """Raise ValueError now, before any encoding, if `factory` cannot index `dimension`-d vectors or a search
+    parameter does not apply to it (an empty index of that factory is built and discarded)."""
+    set_search_params(new_index(dimension, factory), dict(search_params))
+
+
 def train_if_needed(index, sample: np.ndarray):
     """Train IVF/PQ quantizers on `sample` `[n, d]` float32 (no-op for Flat/HNSW)."""
     if index.is_trained:

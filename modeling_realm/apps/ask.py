@@ -5,6 +5,8 @@ import json
 import logging
 import sys
 
+from modeling_realm.apps.arguments import positive_int
+
 DESCRIPTION = """\
 Answer questions with a REALM open-QA model over a block index, and show the evidence each answer came from.
 
@@ -30,8 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--index", default=None, help="BlockIndex directory or Hub dataset id")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow reading google's pickled block_records.npy when converting a checkpoint")
-    parser.add_argument("--top-k", type=int, default=1, help="answers per question (default 1)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--top-k", type=positive_int, default=1, help="answers per question (default 1)")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--rebuild-demo", action="store_true", help="rebuild the cached demo model and index")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     return parser.parse_args(argv)

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from modeling_realm.apps.arguments import check_output, positive_int, search_param
+
 DESCRIPTION = """\
 Build a REALM block index: split a corpus into blocks of at most 288 wordpieces, embed every block with a
 retriever's block tower, and save the blocks, their embeddings and a FAISS index to a directory that
@@ -36,7 +38,7 @@ def parse_args(argv=None):
     parser.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's)")
     parser.add_argument("--factory", default="Flat",
                         help="FAISS factory string: Flat (exact, default), IVF{n},Flat, IVF{n},PQ{m}, HNSW32")
-    parser.add_argument("--search-param", action="append", default=[], metavar="NAME=VALUE",
+    parser.add_argument("--search-param", action="append", default=[], metavar="NAME=VALUE", type=search_param,
                         help="query-time setting stored with the index, e.g. nprobe=32 or efSearch=128")
     corpus = parser.add_argument_group("corpus")
     corpus.add_argument("--text-field", default="text")
@@ -45,28 +47,43 @@ def parse_args(argv=None):
     corpus.add_argument("--split", default="train", help="split of a Hub or saved dataset (default train)")
     corpus.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                         help="bad records: stop with an error naming file and line (default), or skip and count")
-    corpus.add_argument("--max-block-length", type=int, default=288, help="wordpieces per block (default 288)")
-    corpus.add_argument("--num-proc", type=int, default=None, help="processes for splitting the corpus")
+    corpus.add_argument("--max-block-length", type=positive_int, default=288, help="wordpieces per block (default 288)")
+    corpus.add_argument("--num-proc", type=positive_int, default=None, help="processes for splitting the corpus")
     encoding = parser.add_argument_group("encoding")
-    encoding.add_argument("--batch-size", type=int, default=64)
-    encoding.add_argument("--max-length", type=int, default=512, help="tokens per block input, title included")
-    encoding.add_argument("--chunk-size", type=int, default=8192, help="blocks per resumable chunk")
+    encoding.add_argument("--batch-size", type=positive_int, default=64)
+    encoding.add_argument("--max-length", type=positive_int, default=None,
+                          help="tokens per block input, title included (at least 8; default 512, or the model's "
+                               "positions if fewer)")
+    encoding.add_argument("--chunk-size", type=positive_int, default=8192, help="blocks per resumable chunk")
     encoding.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     encoding.add_argument("--cpu", action="store_true", help="encode on CPU even when a GPU is present")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing index at --output")
     parser.add_argument("--keep-embeddings", action="store_true", help="keep the chunk files after building")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_length is not None and args.max_length < 8:
+        parser.error(f"--max-length must be >= 8 ([CLS], [SEP] and some text), got {args.max_length}.")
+    check_output(args.output, args.overwrite)
+    args.search_params = dict(args.search_param)
+    args.parser = parser
+    return args
 
 
-def search_params_of(pairs: list[str]) -> dict:
-    params = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"--search-param expects NAME=VALUE (e.g. nprobe=32), got {pair!r}.")
-        params[name] = int(value) if value.isdigit() else float(value)
-    return params
+def check_model_settings(args, model) -> None:
+    """What needs the model, checked before the corpus is read: the factory and search parameters for its embedding
+    size, and the block input length against its position embeddings."""
+    from index_builder.index.faiss_utils import check_build_settings
+
+    positions = model.config.max_position_embeddings
+    if args.max_length is None:
+        args.max_length = min(512, positions)
+    elif args.max_length > positions:
+        args.parser.error(f"--max-length {args.max_length} exceeds the {positions} positions of the model; pass "
+                          f"--max-length {positions} or less.")
+    try:
+        check_build_settings(args.factory, args.search_params, model.config.retriever_proj_size)
+    except ValueError as error:
+        args.parser.error(f"--factory {args.factory} / --search-param: {error}")
 
 
 def main(argv=None) -> int:
@@ -83,6 +100,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     accelerator = Accelerator(cpu=args.cpu)
     model = load_retriever(args.model)
+    check_model_settings(args, model)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model or demo_model_path())
     with accelerator.main_process_first():
         corpus = load_corpus(args.corpus, title_field=args.title_field, text_field=args.text_field,
@@ -91,7 +109,7 @@ def main(argv=None) -> int:
     index = build_index(blocks, model, tokenizer, args.output, factory=args.factory, batch_size=args.batch_size,
                         max_length=args.max_length, chunk_size=args.chunk_size, accelerator=accelerator,
                         mixed_precision=args.mixed_precision, embedder_name=args.model or "all-MiniLM-L6-v2 demo",
-                        search_params=search_params_of(args.search_param), overwrite=args.overwrite,
+                        search_params=args.search_params, overwrite=args.overwrite,
                         keep_embeddings=args.keep_embeddings, progress=not args.quiet)
     if accelerator.is_main_process:
         summary = {"documents": len(corpus), "blocks": len(index), "dimension": index.dimension,

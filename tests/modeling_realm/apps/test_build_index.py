@@ -1,6 +1,7 @@
 """realm-build-index: corpus file -> blocks -> embeddings -> a loadable BlockIndex, and its errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -69,3 +70,33 @@ def test_cli_help_explains_itself(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "realm-build-index docs.jsonl --output my-index" in text and "--on-error" in text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], r"--batch-size: must be >= 1, got 0"),
+    (["--chunk-size", "many"], r"--chunk-size: expected a whole number >= 1, got 'many'"),
+    (["--max-length", "4"], r"--max-length must be >= 8"),
+    (["--max-length", "4096"], r"--max-length 4096 exceeds the \d+ positions of the model"),
+    (["--search-param", "nprobe=abc"], r"nprobe='abc': the value must be a number"),
+    (["--search-param", "depth=3"], r"unknown search parameter 'depth'"),
+    (["--search-param", "nprobe=1.5"], r"nprobe='1.5': expected a whole number >= 1"),
+    (["--search-param", "efSearch=64"], r"efSearch=64 does not apply to this index"),  # Flat has no efSearch
+    (["--factory", "IVF4,PQ5"], r"--factory IVF4,PQ5.*FAISS cannot build factory"),  # 16-d is not split in 5
+])
+def test_arguments_are_checked_before_the_corpus_is_read(model_dir, tmp_path, capsys, flags, message):
+    """The corpus path does not even exist: every bad argument must be reported before it would be read."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "not-read.jsonl"), "--output", str(tmp_path / "index"), "--model", str(model_dir),
+              *flags])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "index").exists()
+
+
+def test_an_output_that_cannot_be_replaced_is_refused_before_any_work(model_dir, tmp_path, capsys):
+    taken = tmp_path / "notes"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("not an index")
+    with pytest.raises(FileExistsError, match="exists and is not a BlockIndex; refusing to replace it"):
+        main([str(tmp_path / "not-read.jsonl"), "--output", str(taken), "--model", str(model_dir), "--overwrite"])
+    assert (taken / "mine.txt").read_text() == "not an index"

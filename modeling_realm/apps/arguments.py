@@ -1,0 +1,58 @@
+"""argparse types and checks of the console scripts: every argument is checked before a corpus or model is read."""
+
+import argparse
+import os
+from pathlib import Path
+
+from index_builder.index.faiss_utils import RERANK, SEARCH_PARAMS
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def search_param(text: str) -> tuple[str, int | float]:
+    """An argparse type: NAME=VALUE for a FAISS search parameter (or rerank), VALUE a number."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. nprobe=32), got {text!r}")
+    if name not in SEARCH_PARAMS + (RERANK,):
+        raise argparse.ArgumentTypeError(f"unknown search parameter {name!r}; known: {', '.join(SEARCH_PARAMS)}, "
+                                         f"{RERANK}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}={value!r}: the value must be a number, e.g. {name}=32") from None
+    if name in ("nprobe", "efSearch", RERANK):
+        if not number.is_integer() or number < (0 if name == RERANK else 1):
+            raise argparse.ArgumentTypeError(f"{name}={value!r}: expected a whole number >= "
+                                             f"{0 if name == RERANK else 1}")
+        return name, int(number)
+    return name, number
+
+
+def check_output(output: str, overwrite: bool) -> None:
+    """Refuse, before any work, an --output that could not be written at the end: an existing path without
+    --overwrite, a path that exists but is not a BlockIndex (or an empty directory), or one under a folder that is
+    not writable (FileExistsError / PermissionError naming the fix)."""
+    path = Path(output)
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace it, or choose "
+                                  "another output directory.")
+        if not path.is_dir() or (any(path.iterdir()) and not (path / "manifest.json").is_file()):
+            raise FileExistsError(f"--output {output} exists and is not a BlockIndex; refusing to replace it. Choose "
+                                  "another path.")
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--output {output}: cannot create it under {parent} (not a writable directory); "
+                              "choose another path.")
