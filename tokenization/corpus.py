@@ -2,8 +2,9 @@
 
 Every record is checked as it is read, so a bad one is reported with its place: `path, line N` (1-based) for
 jsonl and csv, `path, item N` for a JSON array and `name, row N` for parquet and `datasets` sources (both 0-based).
-The checked corpus is written once to an Arrow file in the cache (keyed by the source's size and modification
-time, or its `datasets` fingerprint, and the options) and memory-mapped, so corpora larger than RAM load.
+The checked corpus is written once to an Arrow file in the cache (keyed by a checksum of the file's bytes, or its
+`datasets` fingerprint, and the options) and memory-mapped, so corpora larger than RAM load. A file rewritten in
+place, even with the same size and modification time, is therefore read again.
 """
 
 import csv
@@ -15,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenization.jsonl import jsonl_values
-from tokenization.storage import atomic_file, atomic_write_text
+from tokenization.storage import atomic_file, atomic_write_text, file_checksum
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the cached Arrow layout or the checks change
+CACHE_FORMAT = 2  # bump when the cached Arrow layout, the checks or the cache key change
 WRITE_BATCH_SIZE = 10_000
 MAX_REPORTED = 5  # bad records named in the skip-mode log line
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
@@ -159,8 +160,7 @@ def _file_source(path: Path) -> _Source:
     if kind is None:
         raise CorpusError(f"{path}: unknown corpus format {path.suffix!r}; use one of {sorted(FILE_FORMATS)}, a "
                           "save_to_disk directory, or a Hub dataset id.")
-    stat = path.stat()
-    fingerprint = f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    fingerprint = f"file:{path.stat().st_size}:{file_checksum(path)}"  # the content, not where or when it was written
     if kind == "parquet":
         return _parquet_source(path, fingerprint)
     if kind in ("csv", "tsv"):

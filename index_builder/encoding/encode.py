@@ -13,18 +13,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import xxhash
 from tqdm.auto import tqdm
 
 from index_builder.index.fingerprint import block_embedder_of, weights_fingerprint
 from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN, block_inputs
-from tokenization.storage import atomic_file, atomic_write_bytes
+from tokenization.storage import atomic_file, atomic_write_bytes, file_checksum
 
 logger = logging.getLogger(__name__)
 
 ENCODING_FILE = "encoding.json"
 DEFAULT_CHUNK_SIZE = 8192
+DIGEST_BATCH = 65536  # blocks per Arrow batch when hashing every block's title and text
 MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -38,6 +41,8 @@ class EncodingPlan:
     max_length: int
     blocks_digest: str
     embedder_fingerprint: str
+    tokenizer_fingerprint: str
+    mixed_precision: str
 
     @property
     def num_chunks(self) -> int:
@@ -62,15 +67,15 @@ def encode_blocks(blocks, model, tokenizer, work_dir, batch_size: int = 64, max_
     embedder = block_embedder_of(model).eval()
     device = accelerator.device if accelerator is not None else next(embedder.parameters()).device
     embedder.to(device)
-    plan = _plan(blocks, embedder, chunk_size, max_length)
+    autocast = _autocast(device, mixed_precision)
+    plan = _plan(blocks, embedder, tokenizer, chunk_size, max_length, mixed_precision)
     rank, world = _process_info(accelerator)
     work_dir = Path(work_dir)
     _open_work_dir(work_dir, plan, is_main=rank == 0, accelerator=accelerator)
-    mine = [c for c in range(plan.num_chunks) if c % world == rank and not chunk_path(work_dir, c).exists()]
+    mine = [c for c in range(plan.num_chunks) if c % world == rank and not _chunk_is_done(work_dir, c)]
     _log_resume(plan, work_dir, mine, world)
     bar = tqdm(total=sum(len(plan.chunk_rows(c)) for c in mine), desc=f"Encoding blocks [{rank}/{world}]",
                unit="block", disable=not progress or not mine)
-    autocast = _autocast(device, mixed_precision)
     for chunk in mine:
         rows = plan.chunk_rows(chunk)
         vectors = _encode_rows(blocks, rows, embedder, tokenizer, batch_size, max_length, device, autocast, bar)
@@ -85,7 +90,38 @@ def chunk_path(work_dir: Path, chunk: int) -> Path:
     return Path(work_dir) / f"chunk-{chunk:06d}.npy"
 
 
-def _plan(blocks, embedder, chunk_size: int, max_length: int) -> EncodingPlan:
+def checksum_path(work_dir: Path, chunk: int) -> Path:
+    """The size and xxh3-64 checksum of a finished chunk, written after it: a chunk without one is unfinished."""
+    return Path(work_dir) / f"chunk-{chunk:06d}.xxh3.json"
+
+
+def _chunk_is_done(work_dir: Path, chunk: int) -> bool:
+    """Whether a chunk was finished: its checksum file exists and its size matches (the bytes are checked when the
+    index is built). A chunk left without a checksum, or of another size, is removed to be encoded again."""
+    path, record = chunk_path(work_dir, chunk), _read_checksum(work_dir, chunk)
+    if record is not None and path.exists() and path.stat().st_size == record["bytes"]:
+        return True
+    if path.exists() or checksum_path(work_dir, chunk).exists():
+        logger.warning("%s is unfinished or damaged; encoding it again", path)
+        _remove_chunk(work_dir, chunk)
+    return False
+
+
+def _read_checksum(work_dir: Path, chunk: int) -> dict | None:
+    try:
+        record = json.loads(checksum_path(work_dir, chunk).read_text())
+    except (OSError, ValueError) as error:
+        logger.debug("No usable checksum for chunk %d in %s: %s", chunk, work_dir, error)
+        return None
+    return record if isinstance(record, dict) and {"bytes", "xxh3_64"} <= set(record) else None
+
+
+def _remove_chunk(work_dir: Path, chunk: int) -> None:
+    checksum_path(work_dir, chunk).unlink(missing_ok=True)
+    chunk_path(work_dir, chunk).unlink(missing_ok=True)
+
+
+def _plan(blocks, embedder, tokenizer, chunk_size: int, max_length: int, mixed_precision: str) -> EncodingPlan:
     if chunk_size < 1 or max_length < 8:
         raise ValueError(f"chunk_size must be >= 1 and max_length >= 8, got {chunk_size} and {max_length}.")
     missing = {"title", "text"} - set(blocks.column_names)
@@ -96,18 +132,46 @@ def _plan(blocks, embedder, chunk_size: int, max_length: int) -> EncodingPlan:
         raise ValueError("Cannot encode an empty corpus: no blocks were produced. Check the corpus file.")
     return EncodingPlan(num_blocks=len(blocks), dimension=embedder.config.retriever_proj_size,
                         chunk_size=chunk_size, max_length=max_length, blocks_digest=blocks_digest(blocks),
-                        embedder_fingerprint=weights_fingerprint(embedder))
+                        embedder_fingerprint=weights_fingerprint(embedder),
+                        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), mixed_precision=mixed_precision)
 
 
-def blocks_digest(blocks, samples: int = 1024) -> str:
-    """A cheap content hash: the row count and the title and text of up to `samples` evenly spaced blocks."""
-    digest = xxhash.xxh3_64()
+def blocks_digest(blocks) -> str:
+    """xxh3-128 of every block's title and text, in order (the Arrow bytes of both columns, batch by batch): a
+    resumed encoding is reused only for exactly the same blocks."""
+    digest = xxhash.xxh3_128()
     digest.update(str(len(blocks)).encode())
-    rows = np.unique(np.linspace(0, len(blocks) - 1, num=min(samples, len(blocks))).astype(np.int64))
-    sample = blocks.select_columns(["title", "text"])[rows]
-    for title, text in zip(sample["title"], sample["text"], strict=True):
-        digest.update(f"{len(title)}:{title}{len(text)}:{text}".encode())
+    for batch in blocks.select_columns(["title", "text"]).with_format("arrow").iter(batch_size=DIGEST_BATCH):
+        for name in ("title", "text"):
+            offsets, data = _string_bytes(batch[name])
+            digest.update(offsets)
+            digest.update(data)
     return digest.hexdigest()
+
+
+def _string_bytes(column) -> tuple[bytes, memoryview]:
+    """The offsets (from 0, int64) and the UTF-8 bytes of a string column, nulls read as empty strings."""
+    array = pa.concat_arrays(column.chunks) if isinstance(column, pa.ChunkedArray) else column
+    array = pc.fill_null(array.cast(pa.large_string()), "")
+    # [len + 1]
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset:array.offset + len(array) + 1]
+    data = array.buffers()[2]
+    start, stop = int(offsets[0]), int(offsets[-1])
+    return (offsets - start).tobytes(), memoryview(b"") if data is None else memoryview(data)[start:stop]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what turns text into ids: the fast tokenizer's normalizer, pre-tokenizer, vocabulary and
+    post-processor (its per-call truncation and padding state left out), or a slow tokenizer's vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    else:
+        state = sorted(tokenizer.get_vocab().items())
+    text = json.dumps(state, sort_keys=True)
+    return f"{type(tokenizer).__name__}:{xxhash.xxh3_64_hexdigest(text.encode())}"
 
 
 def _process_info(accelerator) -> tuple[int, int]:
@@ -181,8 +245,12 @@ def _check_finite(vectors: np.ndarray, first_row: int) -> None:
 
 
 def _save_chunk(work_dir: Path, chunk: int, vectors: np.ndarray) -> None:
-    with atomic_file(chunk_path(work_dir, chunk)) as staging, open(staging, "wb") as handle:
+    """The chunk, then its size and checksum (a kill in between leaves a chunk that is encoded again)."""
+    path = chunk_path(work_dir, chunk)
+    with atomic_file(path) as staging, open(staging, "wb") as handle:
         np.save(handle, vectors, allow_pickle=False)
+    record = {"bytes": path.stat().st_size, "xxh3_64": file_checksum(path)}
+    atomic_write_bytes(checksum_path(work_dir, chunk), json.dumps(record).encode())
 
 
 class ChunkedEmbeddings:
@@ -194,10 +262,29 @@ class ChunkedEmbeddings:
     def __init__(self, work_dir):
         self.work_dir = Path(work_dir)
         self.plan = EncodingPlan(**json.loads((self.work_dir / ENCODING_FILE).read_text()))
-        missing = [c for c in range(self.plan.num_chunks) if not chunk_path(self.work_dir, c).exists()]
+        missing = [c for c in range(self.plan.num_chunks) if _read_checksum(self.work_dir, c) is None
+                   or not chunk_path(self.work_dir, c).exists()]
         if missing:
             raise FileNotFoundError(f"{self.work_dir} lacks chunks {missing[:10]} of {self.plan.num_chunks}: the "
                                     "encoding is unfinished. Run the same command again to finish it.")
+        for chunk in range(self.plan.num_chunks):
+            self._verify(chunk)
+
+    def _verify(self, chunk: int) -> None:
+        """Refuse a chunk whose bytes differ from its checksum (removing it, so that the next run encodes it
+        again), and one whose array is not the `[rows, dim]` float32 the plan says."""
+        path, record = chunk_path(self.work_dir, chunk), _read_checksum(self.work_dir, chunk)
+        rows = len(self.plan.chunk_rows(chunk))
+        problem = None
+        if path.stat().st_size != record["bytes"] or file_checksum(path) != record["xxh3_64"]:
+            problem = "does not match its checksum (the file was changed or damaged after it was written)"
+        else:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if array.shape != (rows, self.plan.dimension) or array.dtype != np.float32:
+                problem = f"holds a {array.dtype} array {array.shape}, not float32 ({rows}, {self.plan.dimension})"
+        if problem is not None:
+            _remove_chunk(self.work_dir, chunk)
+            raise ValueError(f"{path} {problem}; it was removed. Run the same command again to encode it again.")
 
     def __len__(self) -> int:
         return self.plan.num_blocks
@@ -222,5 +309,5 @@ class ChunkedEmbeddings:
     def remove_files(self) -> None:
         """Delete the chunk files and the plan once an index has been built from them."""
         for chunk in range(self.plan.num_chunks):
-            chunk_path(self.work_dir, chunk).unlink(missing_ok=True)
+            _remove_chunk(self.work_dir, chunk)
         (self.work_dir / ENCODING_FILE).unlink(missing_ok=True)

@@ -342,3 +342,15 @@ def test_squad_passages_corpus(tmp_path, minilm_tokenizer):
     assert set(blocks["doc_id"]) == set(corpus["doc_id"])
     logging.getLogger(__name__).warning("SQuAD passages: %d documents -> %d blocks in %.1f s", len(corpus),
                                         len(blocks), elapsed)
+
+
+def test_a_file_rewritten_with_the_same_size_and_time_is_read_again(tmp_path):
+    """The cache key is the file's content: an edit that keeps the size and the modification time is still seen."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "alpha"}\n')
+    stamp = path.stat()
+    assert load_corpus(path, cache_dir=tmp_path / "cache")["text"] == ["alpha"]
+    path.write_text('{"text": "omega"}\n')  # same size
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert path.stat().st_size == stamp.st_size and path.stat().st_mtime_ns == stamp.st_mtime_ns
+    assert load_corpus(path, cache_dir=tmp_path / "cache")["text"] == ["omega"]

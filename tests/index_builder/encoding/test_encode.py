@@ -189,3 +189,42 @@ def test_two_processes_split_the_chunks_and_build_the_same_index(retriever, toke
     np.testing.assert_array_equal(sharded.search(queries, k=5)[1], single.search(queries, k=5)[1])
     np.testing.assert_allclose(sharded.get_embeddings(np.arange(40)), queries, atol=1e-5)
     assert len(list(default_work_dir(tmp_path / "sharded").glob("chunk-*.npy"))) == 6  # ceil(40 / 7), both ranks
+
+
+def test_a_resumed_run_re_encodes_damaged_or_unfinished_chunks(retriever, tokenizer, tmp_path):
+    """Flipped bytes in a finished chunk are refused by name when the index is built (and the chunk removed), a chunk
+    killed before its checksum was written is encoded again, and the rerun ends with the right embeddings."""
+    from index_builder.encoding.encode import ChunkedEmbeddings, checksum_path
+
+    blocks, work = make_blocks(30), tmp_path / "work"
+    first = encode_blocks(blocks, retriever, tokenizer, work, max_length=64, chunk_size=10, progress=False)[0:30]
+    data = bytearray(chunk_path(work, 2).read_bytes())
+    data[-5] ^= 0xFF  # one embedding value changes; the file keeps its size
+    chunk_path(work, 2).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"chunk-000002.npy does not match its checksum.*Run the same command again"):
+        ChunkedEmbeddings(work)
+    assert not chunk_path(work, 2).exists()
+    checksum_path(work, 1).unlink()  # as if killed between writing chunk 1 and its checksum
+    kept = chunk_path(work, 0).stat().st_mtime_ns
+    again = encode_blocks(blocks, retriever, tokenizer, work, max_length=64, chunk_size=10, progress=False)[0:30]
+    np.testing.assert_array_equal(first, again)
+    assert chunk_path(work, 0).stat().st_mtime_ns == kept  # the intact chunk was kept
+
+
+def test_the_resume_key_covers_every_block_the_tokenizer_and_the_settings(retriever, tokenizer, tmp_path):
+    """One block edited in the middle of the corpus (which a sample of rows could miss), another tokenizer, or other
+    encoding settings: the old work directory is refused, not reused."""
+    work = tmp_path / "work"
+    blocks = make_blocks(3000)
+    encode_blocks(blocks, retriever, tokenizer, work, max_length=16, chunk_size=1000, progress=False)
+    texts = list(blocks["text"])
+    texts[1501] = texts[1501] + " edited"  # a row the old 1,024-row sample of 3,000 blocks skipped
+    edited = blocks.remove_columns("text").add_column("text", texts)
+    with pytest.raises(ValueError, match="differs in blocks_digest"):
+        encode_blocks(edited, retriever, tokenizer, work, max_length=16, chunk_size=1000, progress=False)
+    other = RealmTokenizerFast(vocab_file=str(VOCAB), do_lower_case=False)
+    with pytest.raises(ValueError, match="differs in tokenizer_fingerprint"):
+        encode_blocks(blocks, retriever, other, work, max_length=16, chunk_size=1000, progress=False)
+    with pytest.raises(ValueError, match="differs in mixed_precision"):
+        encode_blocks(blocks, retriever, tokenizer, work, max_length=16, chunk_size=1000, mixed_precision="bf16",
+                      progress=False)
