@@ -170,6 +170,12 @@ def _outside_name_index(tmp):
     return _damaged_index(tmp, _list_file("../victim.txt"))
 
 
+def _missing_index_beside_a_stranger(tmp):
+    """`index` is missing; `index.previous-old` is a directory of the user's, not one realm-hf set aside."""
+    stranger = BlockIndex.from_arrays(_embeddings(), ["x"] * 6, progress=False).save_to_disk(tmp / "index.previous-old")
+    return lambda: BlockIndex.load_from_disk(stranger.parent / "index")
+
+
 def _nested_manifest(directory: Path):
     (directory / "manifest.json").write_text('{"format_version": 1, "files": ' + "[" * 100_000 + "]" * 100_000 + "}")
 
@@ -242,6 +248,16 @@ def _checkpoint(tmp, edit=None, cls=RealmEmbedder) -> Path:
     cls(tiny_config()).save_pretrained(directory, model_card=False)
     if edit is not None:
         edit(directory)
+    return directory
+
+
+def _legacy_checkpoint(tmp, **config_changes) -> Path:
+    """The tiny RealmEmbedder written by transformers 4.57.6 (config.json + pytorch_model.bin), config edited."""
+    directory = tmp / "legacy"
+    directory.mkdir()
+    for name in ("config.json", "pytorch_model.bin"):
+        (directory / name).write_bytes((PARITY / "tiny" / "RealmEmbedder" / name).read_bytes())
+    _edit_json("config.json", **config_changes)(directory)
     return directory
 
 
@@ -383,6 +399,24 @@ CATALOGUE = [
              _checkpoint(tmp, _edit_json("config.json", hidden_size=64))), error=ValueError,
          match="config.json says hidden_size=64, but the weights in model.safetensors were saved with hidden_size=32"
                ".*Restore the config.json saved with these weights"),
+    Case("config-json-million-layers", "config", "config.json says num_hidden_layers=1000000 next to 2-layer weights",
+         lambda tmp: (lambda d: lambda: RealmEmbedder.from_pretrained(d))(
+             _checkpoint(tmp, _edit_json("config.json", num_hidden_layers=1_000_000))), error=ValueError,
+         match=r"config.json says num_hidden_layers=1000000, but the weights in model.safetensors hold 2 layers"),
+    Case("config-json-one-layer-too-many", "config", "config.json says 3 layers, the weights hold 2",
+         lambda tmp: (lambda d: lambda: RealmEmbedder.from_pretrained(d))(
+             _checkpoint(tmp, _edit_json("config.json", num_hidden_layers=3))), error=ValueError,
+         match=r"says num_hidden_layers=3, but the weights in model.safetensors hold 2 layers \(realm.encoder\)"),
+    Case("config-legacy-bin-inconsistent-sizes", "config", "a legacy pytorch_model.bin with hidden_size=64 in config",
+         lambda tmp: (lambda d: lambda: RealmEmbedder.from_pretrained(d))(_legacy_checkpoint(tmp, hidden_size=64)),
+         error=ValueError, match=r"config.json says hidden_size=64, but the weights in pytorch_model.bin were saved "
+                                 r"with hidden_size=32"),
+    Case("config-absurd-size", "config", "RealmConfig(num_hidden_layers=1000000) built directly",
+         lambda tmp: lambda: RealmConfig(num_hidden_layers=1_000_000), error=StrictDataclassError,
+         match=r"num_hidden_layers=1000000 exceeds 1,024"),
+    Case("config-absurd-parameters", "config", "a config of 65536 hidden x 1000 layers (some 17 trillion weights)",
+         lambda tmp: lambda: RealmConfig(hidden_size=65536, num_attention_heads=64, num_hidden_layers=1000),
+         error=StrictDataclassError, match=r"BERT backbone of about [\d,]+ parameters.*more than 20,000,000,000"),
     # ------------------------------------------------------------ checkpoints
     Case("checkpoint-truncated", "checkpoint", "from_pretrained on a half-downloaded model.safetensors",
          lambda tmp: (lambda d: lambda: RealmEmbedder.from_pretrained(d))(
@@ -404,6 +438,8 @@ CATALOGUE = [
     Case("checkpoint-missing-tokenizer", "checkpoint", "answer() with a model saved without tokenizer files",
          _without_tokenizer, error=ValueError, match="tokenizer.*(tokenizer=|save_pretrained)"),
     # ------------------------------------------------------------ indices
+    Case("index-missing-beside-a-stranger", "index", "load_from_disk('index') with only index.previous-old present",
+         _missing_index_beside_a_stranger, error=FileNotFoundError, match=r"No BlockIndex directory at .*index"),
     Case("index-manifest-names-outside", "index", "a manifest listing ../victim.txt (with a wrong size)",
          _outside_name_index, error=ValueError,
          match=r"not a valid BlockIndex manifest: a BlockIndex directory lists exactly \['blocks.arrow', "

@@ -5,7 +5,9 @@ cache here, index files and embedding chunks in `index_builder`, checkpoints and
 
 A reader therefore sees either the previous complete artefact or the new complete one, never a half-written one.
 Replacing a directory takes two renames (old out of the way, new in); if a process dies between them, the
-previous directory is left at `<name>.previous-<id>` and `recover_directory` puts it back.
+previous directory is left at `<name>.previous-<id>` and `recover_directory` puts it back. Before the first rename a
+hidden marker `.<name>.swap-<id>` records the move, and only a directory named by such a marker is ever moved back:
+a `<name>.previous-*` directory that this package did not set aside is left alone.
 """
 
 import contextlib
@@ -15,6 +17,10 @@ import shutil
 import uuid
 from pathlib import Path
 
+try:  # POSIX only; elsewhere exclusive_lock does not lock
+    import fcntl
+except ImportError:
+    fcntl = None
 try:  # optional where this file ships as a model's remote code (it only saves); the package itself requires xxhash
     import xxhash
 except ImportError:
@@ -44,30 +50,68 @@ def atomic_directory(target, overwrite: bool = False):
 
 def replace_directory(staging, target) -> None:
     """Move the complete directory `staging` to `target`, replacing what is there (the old copy is renamed aside
-    first, so a reader never sees a half-deleted `target`)."""
+    first, under a marker that lets `recover_directory` put it back, so a reader never sees a half-deleted
+    `target`)."""
     staging, target = Path(staging), Path(target)
-    previous = None
+    previous = marker = None
     if target.exists():
-        previous = target.parent / f"{target.name}.previous-{uuid.uuid4().hex[:8]}"
+        token = uuid.uuid4().hex[:8]
+        previous = target.parent / f"{target.name}.previous-{token}"
+        marker = _swap_marker(target, token)
+        atomic_write_text(marker, previous.name)
         os.replace(target, previous)
     os.replace(staging, target)
     _fsync_directory(target.parent)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+        marker.unlink(missing_ok=True)
 
 
 def recover_directory(target) -> bool:
-    """If `target` is missing because a swap was interrupted, restore the previous copy. Returns True if restored."""
+    """If `target` is missing because one of this package's swaps was interrupted, move the previous copy back.
+    Only a directory recorded by a swap marker is moved; returns True if one was."""
     target = Path(target)
     if target.exists() or not target.parent.exists():
         return False
-    leftovers = sorted(target.parent.glob(f"{target.name}.previous-*"), key=lambda p: p.stat().st_mtime)
-    if not leftovers:
-        return False
-    os.replace(leftovers[-1], target)
-    logger.warning("%s was missing after an interrupted save; restored the previous copy from %s", target,
-                   leftovers[-1].name)
-    return True
+    markers = sorted(target.parent.glob(f".{target.name}.swap-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for marker in markers:
+        previous = target.parent / marker.read_text(encoding="utf-8", errors="replace").strip()
+        ours = previous.name == f"{target.name}.previous-{marker.name.rsplit('-', 1)[-1]}"
+        if ours and previous.is_dir() and not previous.is_symlink():
+            os.replace(previous, target)
+            marker.unlink()
+            logger.warning("%s was missing after an interrupted save; restored the previous copy from %s", target,
+                           previous.name)
+            return True
+        marker.unlink()  # the swap it recorded finished or was undone
+    strangers = sorted(p.name for p in target.parent.glob(f"{target.name}.previous-*"))
+    if strangers:
+        logger.warning("%s is missing; %s were not set aside by realm-hf and are left alone.", target, strangers)
+    return False
+
+
+def _swap_marker(target: Path, token: str) -> Path:
+    return target.parent / f".{target.name}.swap-{token}"
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory, what: str):
+    """Hold an exclusive lock on `directory` (flock on the directory itself: no lock file is left behind, and the
+    lock goes with the process if it is killed). Another holder makes this raise BlockingIOError naming `what`."""
+    if fcntl is None:
+        logger.debug("No fcntl on this platform: %s is not locked", directory)
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise BlockingIOError(f"{what} is being written by another process right now; wait for it to finish, "
+                                  "or write to another path.") from error
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

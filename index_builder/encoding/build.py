@@ -1,11 +1,12 @@
 """Blocks + a retriever -> a BlockIndex directory: encode (resumable, sharded), then index and save atomically."""
 
+import contextlib
 import logging
 from pathlib import Path
 
 from index_builder.encoding.encode import DEFAULT_CHUNK_SIZE, encode_blocks
 from index_builder.index.block_index import BlockIndex
-from tokenization.storage import recover_directory
+from tokenization.storage import exclusive_lock, recover_directory
 
 logger = logging.getLogger(__name__)
 
@@ -29,24 +30,37 @@ def build_index(blocks, model, tokenizer, output_dir, factory: str = "Flat", wor
     """
     output_dir = Path(output_dir)
     is_main = accelerator is None or accelerator.is_main_process
-    if is_main:
-        recover_directory(output_dir)
-        _check_output(output_dir, overwrite)
-    blocks = with_block_ids(blocks)
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(output_dir)
-    embeddings = encode_blocks(blocks, model, tokenizer, work_dir, batch_size=batch_size, max_length=max_length,
-                               chunk_size=chunk_size, accelerator=accelerator, mixed_precision=mixed_precision,
-                               progress=progress)
-    if is_main:
-        BlockIndex.build(blocks, embeddings, output_dir, factory=factory, embedder=model,
-                         embedder_name=embedder_name, search_params=search_params, overwrite=overwrite,
-                         progress=progress)
-        if not keep_embeddings:
-            embeddings.remove_files()
-            _remove_if_empty(work_dir)
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
+    with _build_lock(work_dir, output_dir, is_main):
+        if is_main:
+            recover_directory(output_dir)
+            _check_output(output_dir, overwrite)
+        blocks = with_block_ids(blocks)
+        embeddings = encode_blocks(blocks, model, tokenizer, work_dir, batch_size=batch_size, max_length=max_length,
+                                   chunk_size=chunk_size, accelerator=accelerator, mixed_precision=mixed_precision,
+                                   progress=progress)
+        if is_main:
+            BlockIndex.build(blocks, embeddings, output_dir, factory=factory, embedder=model,
+                             embedder_name=embedder_name, search_params=search_params, overwrite=overwrite,
+                             progress=progress)
+            if not keep_embeddings:
+                embeddings.remove_files()
+                _remove_if_empty(work_dir)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
     return BlockIndex.load_from_disk(output_dir, verify=False)
+
+
+@contextlib.contextmanager
+def _build_lock(work_dir: Path, output_dir: Path, is_main: bool):
+    """One build per output at a time: the main process locks the work directory (two builds of one --output would
+    share it and delete each other's chunks); a second build is refused at once with a BlockingIOError."""
+    if not is_main:
+        yield
+        return
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(work_dir, f"The index {output_dir}"):
+        yield
 
 
 def with_block_ids(blocks):

@@ -2,12 +2,18 @@
 that names the file and the fix instead of a size-mismatch report or a deserialisation error.
 
 Only local directories are checked (Hub ids are resolved and verified by huggingface_hub); nothing here reads
-tensors: a safetensors header is parsed, config.json is read as JSON.
+tensor data: a safetensors header is parsed, a legacy `pytorch_model.bin` is opened with `weights_only=True` onto the
+meta device (shapes only), config.json is read as JSON. Every size config.json gives that the weights also record -
+vocabulary, hidden and intermediate sizes, positions, token types and the number of layers of each BERT tower - must
+agree with them before transformers builds a single layer.
 """
 
 import json
+import re
+from collections import defaultdict
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 
 # Classes none of whose weights another REALM class's checkpoint holds: loading one from another class's checkpoint
@@ -29,8 +35,14 @@ def check_local_checkpoint(path, class_name: str, config_given: bool = False) ->
                                 "config.json saved with these weights, or pass config=RealmConfig(...) to "
                                 "from_pretrained.")
     config = json.loads(config_file.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file} holds a JSON {type(config).__name__}, not an object; restore the config.json "
+                         "saved with these weights.")
     for weights in sorted(directory.glob("*.safetensors")):
         _check_sizes(weights, _read_safetensors_header(weights), config)
+    legacy = directory / "pytorch_model.bin"
+    if legacy.is_file() and not any(directory.glob("*.safetensors")):
+        _check_sizes(legacy, _read_legacy_shapes(legacy), config)
     _check_architecture(directory, config, class_name)
 
 
@@ -44,6 +56,19 @@ def _read_safetensors_header(weights: Path) -> dict[str, list[int]]:
                          "download or save); re-download it or save the model again.") from error
 
 
+def _read_legacy_shapes(weights: Path) -> dict[str, list[int]]:
+    """The shape of every tensor of a legacy `pytorch_model.bin`, loaded with `weights_only=True` onto the meta
+    device: no tensor data is read or allocated."""
+    try:
+        state = torch.load(str(weights), map_location="meta", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{weights} cannot be read ({str(error)[:200]}): the file is truncated, corrupted or not a "
+                         "PyTorch checkpoint; re-download it or save the model again.") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{weights} holds a {type(state).__name__}, not a state dict; point to a model checkpoint.")
+    return {name: list(tensor.shape) for name, tensor in state.items() if isinstance(tensor, torch.Tensor)}
+
+
 # Tensor name suffix -> the config fields its shape must equal, dimension by dimension.
 SIZED_TENSORS = {
     "embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
@@ -53,9 +78,13 @@ SIZED_TENSORS = {
 }
 
 
+LAYER = re.compile(r"^(?P<tower>.*?)encoder\.layer\.(?P<number>\d+)\.")
+
+
 def _check_sizes(weights: Path, shapes: dict[str, list[int]], config: dict) -> None:
-    """config.json's sizes against the shapes in a safetensors header (a hand-edited or mismatched config.json
-    otherwise fails deep inside transformers with a size-mismatch report)."""
+    """config.json's sizes against the shapes in a weights header (a hand-edited or mismatched config.json
+    otherwise fails deep inside transformers with a size-mismatch report, or builds a million layers first)."""
+    _check_layer_count(weights, shapes, config)
     for name, shape in shapes.items():
         fields = next((f for suffix, f in SIZED_TENSORS.items() if name.endswith(suffix)), ())
         for field, size in zip(fields, shape):
@@ -64,6 +93,22 @@ def _check_sizes(weights: Path, shapes: dict[str, list[int]], config: dict) -> N
                                  f"in {weights.name} were saved with {field}={size} ({name} has shape "
                                  f"{list(shape)}). Restore the config.json saved with these weights (or set "
                                  f"{field} to {size}).")
+
+
+def _check_layer_count(weights: Path, shapes: dict[str, list[int]], config: dict) -> None:
+    """Every BERT tower in the weights (`realm.`, `embedder.realm.`, `reader.realm.`...) has num_hidden_layers
+    layers."""
+    layers = defaultdict(set)
+    for name in shapes:
+        match = LAYER.match(name)
+        if match:
+            layers[match["tower"]].add(int(match["number"]))
+    expected = config.get("num_hidden_layers")
+    for tower, numbers in sorted(layers.items()):
+        if expected is not None and len(numbers) != expected:
+            raise ValueError(f"{weights.parent / 'config.json'} says num_hidden_layers={expected!r}, but the weights "
+                             f"in {weights.name} hold {len(numbers)} layers ({tower}encoder). Restore the config.json "
+                             f"saved with these weights (or set num_hidden_layers to {len(numbers)}).")
 
 
 def _check_architecture(directory: Path, config: dict, class_name: str) -> None:

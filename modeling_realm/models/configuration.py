@@ -24,6 +24,17 @@ SERIALIZATION_KEYS = frozenset({
 })
 
 
+# Ceilings far above any BERT-style model (BERT-large: 24 layers, 1024 hidden, 512 positions), so that a config.json
+# with absurd sizes fails at once instead of allocating for minutes.
+SIZE_CEILINGS = {"num_hidden_layers": 1024, "hidden_size": 65536, "intermediate_size": 1 << 20,
+                 "num_attention_heads": 4096, "vocab_size": 1 << 24, "max_position_embeddings": 1 << 20,
+                 "type_vocab_size": 1 << 16, "retriever_proj_size": 65536, "span_hidden_size": 65536,
+                 "max_span_width": 1 << 16, "num_candidates": 1 << 20, "reader_beam_size": 1 << 20,
+                 "searcher_beam_size": 1 << 20, "reader_seq_len": 1 << 20, "searcher_seq_len": 1 << 20}
+MAX_BACKBONE_PARAMETERS = 20_000_000_000
+MAX_BLOCK_EMB_BYTES = 1 << 40  # 1 TiB: 13.35M google blocks x 128-d float32 take 6.8 GB
+
+
 @strict
 class RealmConfig(PreTrainedConfig):
     r"""Configuration of the REALM embedder, scorer, knowledge-augmented encoder, reader, retriever and open-QA model.
@@ -102,6 +113,27 @@ class RealmConfig(PreTrainedConfig):
                 raise ValueError(f"RealmConfig.{name} must be a positive integer, got {value}.")
         if self.num_block_records < 0:
             raise ValueError(f"RealmConfig.num_block_records must be >= 0, got {self.num_block_records}.")
+
+    def validate_size_limits(self):
+        """Absurd sizes are refused before any tensor is made (a hand-edited or hostile config.json would otherwise
+        allocate for minutes): each size has a ceiling far above any BERT, and so has the backbone's parameter count."""
+        for name, ceiling in SIZE_CEILINGS.items():
+            value = getattr(self, name)
+            if value > ceiling:
+                raise ValueError(f"RealmConfig.{name}={value} exceeds {ceiling:,}, far beyond any REALM/BERT model; "
+                                 "check config.json (google's REALM checkpoints are BERT-base).")
+        hidden = self.hidden_size
+        parameters = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * hidden + \
+            self.num_hidden_layers * (4 * hidden * hidden + 2 * hidden * self.intermediate_size)
+        if parameters > MAX_BACKBONE_PARAMETERS:
+            raise ValueError(f"RealmConfig describes a BERT backbone of about {parameters:,} parameters (hidden_size="
+                             f"{hidden}, num_hidden_layers={self.num_hidden_layers}, intermediate_size="
+                             f"{self.intermediate_size}), more than {MAX_BACKBONE_PARAMETERS:,}; check config.json "
+                             "(BERT-base has 110 million).")
+        if self.num_block_records * self.retriever_proj_size * 4 > MAX_BLOCK_EMB_BYTES:
+            raise ValueError(f"RealmConfig.num_block_records={self.num_block_records} x retriever_proj_size="
+                             f"{self.retriever_proj_size} is a block_emb of more than {MAX_BLOCK_EMB_BYTES:,} bytes; "
+                             "check config.json (google's open-QA checkpoints hold 13,353,718 x 128).")
 
     def validate_attention_heads(self):
         if self.hidden_size % self.num_attention_heads != 0:

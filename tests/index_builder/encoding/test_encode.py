@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from index_builder import BlockIndex
 from index_builder.encoding.build import build_index, default_work_dir
 from index_builder.encoding.encode import ENCODING_FILE, chunk_path, encode_blocks
 from modeling_realm import RealmRetriever
@@ -228,3 +229,18 @@ def test_the_resume_key_covers_every_block_the_tokenizer_and_the_settings(retrie
     with pytest.raises(ValueError, match="differs in mixed_precision"):
         encode_blocks(blocks, retriever, tokenizer, work, max_length=16, chunk_size=1000, mixed_precision="bf16",
                       progress=False)
+
+
+def test_a_second_build_of_the_same_output_is_refused_at_once(retriever, tokenizer, tmp_path):
+    """Two builds writing one output would share a work directory and delete each other's chunks."""
+    from tokenization.storage import exclusive_lock
+
+    output = tmp_path / "index"
+    work = default_work_dir(output)
+    work.mkdir()
+    with exclusive_lock(work, "another build"):  # a build in progress
+        with pytest.raises(BlockingIOError, match=f"The index {output} is being written by another process"):
+            build_index(make_blocks(4), retriever, tokenizer, output, max_length=32, progress=False)
+    assert not output.exists()
+    build_index(make_blocks(4), retriever, tokenizer, output, max_length=32, progress=False)  # once it is done
+    assert len(BlockIndex.load_from_disk(output)) == 4
