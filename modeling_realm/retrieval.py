@@ -8,6 +8,7 @@
 - `IndexSlot` is the `index` attribute of a model, checked against the model when it is set.
 """
 
+import contextlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -47,6 +48,11 @@ class RetrievalIndex(SearchableIndex, Protocol):
         one that embedded this index."""
         ...
 
+    def reading(self):
+        """A context manager that keeps the index unchanged (no add or remove from another thread) while held, so
+        that a search and the reads of its results see the same blocks."""
+        ...
+
 
 @dataclass
 class RetrievedBlocks:
@@ -84,16 +90,17 @@ def retrieve_blocks(index, query_embeddings, num_blocks: int, exclude_doc_ids=No
     total = len(index) if full else None
     if num_blocks < 1 or (total is not None and num_blocks > total):
         raise ValueError(f"num_blocks={num_blocks} must lie in [1, {total}] (the blocks in the index); lower --top-k.")
-    if all(doc_id is None for doc_id in exclude):
-        scores, block_ids = index.search(queries, num_blocks)
-        blocks = index.get_blocks(block_ids) if full else None
-    else:
-        scores, block_ids, blocks = _search_excluding(index, queries, num_blocks, exclude)
-    found = RetrievedBlocks(np.asarray(block_ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), blocks)
-    if with_embeddings:
-        # [batch, k, dim]
-        stored = torch.from_numpy(np.ascontiguousarray(index.get_embeddings(found.block_ids)))
-        found.embeddings = stored.to(query_embeddings) if torch.is_tensor(query_embeddings) else stored
+    with index.reading() if full else contextlib.nullcontext():  # the blocks found are still there when read
+        if all(doc_id is None for doc_id in exclude):
+            scores, block_ids = index.search(queries, num_blocks)
+            blocks = index.get_blocks(block_ids) if full else None
+        else:
+            scores, block_ids, blocks = _search_excluding(index, queries, num_blocks, exclude)
+        found = RetrievedBlocks(np.asarray(block_ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), blocks)
+        if with_embeddings:
+            # [batch, k, dim]
+            stored = torch.from_numpy(np.ascontiguousarray(index.get_embeddings(found.block_ids)))
+            found.embeddings = stored.to(query_embeddings) if torch.is_tensor(query_embeddings) else stored
     return found
 
 

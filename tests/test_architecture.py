@@ -4,7 +4,7 @@ examples use only the public API, and every public name a package exports exists
 
 import ast
 import importlib
-import inspect
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -147,8 +147,10 @@ def test_examples_use_only_the_public_api(path):
 
 def _is_public_subpackage(package, name: str) -> bool:
     """`from modeling_realm import training`: a subpackage with a public API of its own."""
-    module = getattr(package, name, None)
-    return inspect.ismodule(module) and hasattr(module, "__path__") and hasattr(module, "__all__")
+    if importlib.util.find_spec(f"{package.__name__}.{name}") is None:
+        return False
+    module = importlib.import_module(f"{package.__name__}.{name}")
+    return hasattr(module, "__path__") and hasattr(module, "__all__")
 
 
 @pytest.mark.parametrize("package", sorted(module_name(init) for name in PACKAGES

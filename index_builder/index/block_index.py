@@ -26,6 +26,7 @@ from index_builder.index.exact import exact_top_k, gemm_top_k
 from index_builder.index.file_rows import FileRows
 from index_builder.index.fingerprint import block_embedder_of, has_block_embedder, weights_fingerprint
 from index_builder.index.manifest import BLOCKS_FILE, FAISS_FILE, MANIFEST, IndexMismatchError, Manifest
+from index_builder.index.rw_lock import ReadWriteLock
 from tokenization.storage import atomic_directory, recover_directory
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class BlockIndex:
         self._texts = blocks.select_columns(TEXT_COLUMNS)
         self._sorted_ids = None
         self._file_rows = _file_rows(blocks, directory)
+        self._lock = ReadWriteLock()  # searches and reads together, add/remove/search-parameter changes alone
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -117,28 +119,36 @@ class BlockIndex:
                 f"embedder={self.manifest.embedder_name!r}, directory={self.directory})")
 
     # ----------------------------------------------------------------- search
+    def reading(self):
+        """Hold the index still across several calls (`with index.reading(): search, get_blocks, ...`): `add`,
+        `remove` and `set_search_params` from other threads wait until the block ends. Every method already holds
+        it for itself."""
+        return self._lock.reading()
+
     def search(self, query_embeddings, k: int, **search_params):
         """Top-`k` blocks for each query.
 
         Args:
             query_embeddings: `[batch, dimension]` float32 numpy array or torch tensor (detached for you).
             k: blocks per query, 1 <= k <= len(index).
-            **search_params: FAISS knobs for this call only, e.g. nprobe=32 (not thread-safe; set them once with
-                `set_search_params` when several threads search).
+            **search_params: FAISS knobs for this call only, e.g. nprobe=32 (such a call runs alone, as an edit
+                does; set them once with `set_search_params` when several threads search).
         Returns:
             scores `[batch, k]` float32 and block_ids `[batch, k]` int64, best first; never FAISS's -1 padding
             (queries an approximate index cannot fill are completed by an exhaustive search).
         """
         queries = self._check_queries(query_embeddings)
-        k = self._check_k(k)
         if search_params:
-            previous = dict(self.manifest.search_params)
-            faiss_utils.set_search_params(self.faiss_index, search_params)
-            try:
-                return self._search(queries, k)
-            finally:
-                faiss_utils.set_search_params(self.faiss_index, previous or _reset_params(search_params))
-        return self._search(queries, k)
+            with self._lock.writing():
+                k = self._check_k(k)
+                previous = dict(self.manifest.search_params)
+                faiss_utils.set_search_params(self.faiss_index, search_params)
+                try:
+                    return self._search(queries, k)
+                finally:
+                    faiss_utils.set_search_params(self.faiss_index, previous or _reset_params(search_params))
+        with self._lock.reading():
+            return self._search(queries, self._check_k(k))
 
     def _search(self, queries: np.ndarray, k: int):
         flat = faiss_utils.flat_views(self.faiss_index) if len(queries) >= faiss_utils.SMALL_BATCH else None
@@ -169,24 +179,27 @@ class BlockIndex:
     def exact_search(self, query_embeddings, k: int):
         """Exact top-k by brute force over the stored float32 embeddings (slow at scale; the index's ground truth)."""
         queries = self._check_queries(query_embeddings)
-        k = self._check_k(k)
-        return exact_top_k(queries, embeddings_of(self.blocks), k, row_ids=self._block_id_column())
+        with self._lock.reading():
+            k = self._check_k(k)
+            return exact_top_k(queries, embeddings_of(self.blocks), k, row_ids=self._block_id_column())
 
     def set_search_params(self, **search_params):
         """Set query-time knobs (nprobe, efSearch) for every later search; saved with the index."""
-        faiss_utils.set_search_params(self.faiss_index, search_params)
-        self.manifest.search_params.update(search_params)
+        with self._lock.writing():
+            faiss_utils.set_search_params(self.faiss_index, search_params)
+            self.manifest.search_params.update(search_params)
 
     # ----------------------------------------------------------------- blocks
     def get_blocks(self, block_ids):
         """The blocks with these ids: a list of dicts (block_id, doc_id, title, text), nested like `block_ids`."""
         ids = np.asarray(block_ids, dtype=np.int64)
-        rows = self._rows_of(ids.reshape(-1))
-        if self._file_rows is not None:
-            flat = self._file_rows.blocks(rows)
-        else:
-            columns = self._texts[rows.tolist()]
-            flat = [dict(zip(TEXT_COLUMNS, values)) for values in zip(*(columns[c] for c in TEXT_COLUMNS))]
+        with self._lock.reading():
+            rows = self._rows_of(ids.reshape(-1))
+            if self._file_rows is not None:
+                flat = self._file_rows.blocks(rows)
+            else:
+                columns = self._texts[rows.tolist()]
+                flat = [dict(zip(TEXT_COLUMNS, values)) for values in zip(*(columns[c] for c in TEXT_COLUMNS))]
         if ids.ndim <= 1:
             return flat
         width = ids.shape[-1]
@@ -195,12 +208,19 @@ class BlockIndex:
     def get_embeddings(self, block_ids) -> np.ndarray:
         """Stored float32 embeddings of the given block ids, shape `[*block_ids.shape, dimension]`."""
         ids = np.asarray(block_ids, dtype=np.int64)
-        rows = self._rows_of(ids.reshape(-1))
-        found = self._file_rows.embeddings(rows) if self._file_rows is not None else embeddings_of(self.blocks)[rows]
+        with self._lock.reading():
+            rows = self._rows_of(ids.reshape(-1))
+            found = self._file_rows.embeddings(rows) if self._file_rows is not None else \
+                embeddings_of(self.blocks)[rows]
         return found.reshape(*ids.shape, self.dimension)
 
     def add(self, embeddings, texts, titles=None, doc_ids=None) -> np.ndarray:
-        """Append blocks; returns their new block ids (after the largest existing id)."""
+        """Append blocks; returns their new block ids (after the largest existing id). Waits for the searches and
+        reads under way in other threads, which wait for it in turn."""
+        with self._lock.writing():
+            return self._add(embeddings, texts, titles, doc_ids)
+
+    def _add(self, embeddings, texts, titles, doc_ids) -> np.ndarray:
         embeddings = _as_matrix(embeddings, "embeddings", self.dimension)
         n = embeddings.shape[0]
         texts, titles = _column(texts, n, None, "texts", required=True), _column(titles, n, "", "titles")
@@ -216,7 +236,12 @@ class BlockIndex:
         return block_ids
 
     def remove(self, block_ids) -> int:
-        """Remove blocks by id (IVF and Flat indices; HNSW graphs cannot). Returns how many were removed."""
+        """Remove blocks by id (IVF and Flat indices; HNSW graphs cannot). Returns how many were removed. Waits for
+        the searches and reads under way in other threads, which wait for it in turn."""
+        with self._lock.writing():
+            return self._remove(block_ids)
+
+    def _remove(self, block_ids) -> int:
         ids = np.unique(np.asarray(block_ids, dtype=np.int64))
         self._rows_of(ids)  # every id must exist
         removed = faiss_utils.remove_ids(self.faiss_index, ids)
@@ -234,7 +259,7 @@ class BlockIndex:
         non-empty directory is refused.
         """
         directory = Path(directory)
-        with atomic_directory(directory, overwrite=_may_replace(directory, overwrite)) as staging:
+        with self._lock.reading(), atomic_directory(directory, overwrite=_may_replace(directory, overwrite)) as staging:
             write_blocks(staging / BLOCKS_FILE, self.dimension, batches_of(self.blocks))
             _write_index_files(staging, self.faiss_index, self.manifest)
         self.directory = directory

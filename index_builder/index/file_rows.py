@@ -8,8 +8,10 @@ blocks, 200 queries left 3 GB of the 25 GB file in the server's RSS next to 0.8 
 the cache is no longer charged to the process.
 
 `FileRows.of(dataset, path)` finds where the dataset's Arrow buffers lie in the file (their addresses inside the
-file's mappings in /proc/self/maps) and returns None when it cannot (not Linux, an in-memory or edited table, null
-values), in which case the caller reads through the memory map as before.
+file's mappings in /proc/self/maps) and returns None when it cannot (not Linux, an in-memory or edited table), in
+which case the caller reads through the memory map as before. Empty string buffers (a column of empty titles) and
+null strings (read from the validity bitmap) are served from the file too, so a file truncated after loading is an
+OSError, never a SIGBUS through the map.
 """
 
 import logging
@@ -48,8 +50,7 @@ class FileRows:
     def of(cls, dataset: datasets.Dataset, path) -> "FileRows | None":
         """A reader for `dataset` memory-mapped from `path`, or None if its buffers are not all in that file."""
         table = dataset.data.table
-        columns = ("block_id",) + STRING_COLUMNS
-        if dataset._indices is not None or any(table.column(name).null_count for name in columns):
+        if dataset._indices is not None or table.column("block_id").null_count:
             return None
         mappings = file_mappings(path)
         if not mappings:
@@ -83,11 +84,24 @@ class FileRows:
         for chunk, row in self._locate(rows):
             block = {"block_id": struct.unpack("<q", self._read(self._block_ids[chunk] + 8 * row, 8))[0]}
             for name in STRING_COLUMNS:
-                offsets, data = self._strings[name][chunk]
-                start, end = struct.unpack("<ii", self._read(offsets + 4 * row, 8))
-                block[name] = self._read(data + start, end - start).decode("utf-8")
+                block[name] = self._string(self._strings[name][chunk], row)
             found.append(block)
         return found
+
+    def _string(self, where: tuple, row: int) -> str | None:
+        """One string of a column chunk: None where the validity bitmap says null, "" from an empty data buffer."""
+        validity, bit, offsets, data = where
+        if validity is not None:
+            position = bit + row
+            if not self._read(validity + position // 8, 1)[0] >> (position % 8) & 1:
+                return None
+        start, end = struct.unpack("<ii", self._read(offsets + 4 * row, 8))
+        if data is None:
+            if end != start:
+                raise OSError(f"{self.path}: a string of {end - start} bytes in an empty buffer; the file is damaged. "
+                              "Load the index again (or rebuild it).")
+            return ""
+        return self._read(data + start, end - start).decode("utf-8")
 
     # ------------------------------------------------------------------------------------------ internals
     def _locate(self, rows: np.ndarray):
@@ -119,11 +133,14 @@ class FileRows:
     def _id_offset(self, chunk: pa.Int64Array) -> int:
         return self._file_offset(chunk.buffers()[1].address) + 8 * chunk.offset
 
-    def _string_offsets(self, chunk: pa.StringArray) -> tuple[int, int]:
+    def _string_offsets(self, chunk: pa.StringArray) -> tuple:
+        """(validity bitmap offset or None, its first bit, offsets offset, data offset or None for no data)."""
         if chunk.type != pa.string():
             raise LookupError(f"a string column is {chunk.type}, not string")
-        _, offsets, data = chunk.buffers()
-        return self._file_offset(offsets.address) + 4 * chunk.offset, self._file_offset(data.address)
+        validity, offsets, data = chunk.buffers()
+        bitmap = self._file_offset(validity.address) if validity is not None and chunk.null_count else None
+        text = self._file_offset(data.address) if data is not None and data.size > 0 else None
+        return bitmap, chunk.offset, self._file_offset(offsets.address) + 4 * chunk.offset, text
 
 
 def file_mappings(path) -> list[tuple[int, int, int]]:

@@ -144,6 +144,10 @@ class ShardedBlockIndex:
         return (f"ShardedBlockIndex(rank={self.rank}, world_size={self.world_size}, blocks={len(self)}, "
                 f"slice={len(self.local_index)}, dimension={self.dimension}, factory={self.local_index.factory!r})")
 
+    def reading(self):
+        """`BlockIndex.reading` of this rank's slice: edits of it wait until the block ends."""
+        return self.local_index.reading()
+
     def check_compatible(self, model, warn: bool = True) -> bool:
         """`BlockIndex.check_compatible` on this rank's slice (all slices come from one embedder)."""
         return self.local_index.check_compatible(model, warn=warn)

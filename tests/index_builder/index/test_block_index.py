@@ -280,7 +280,9 @@ def test_failed_save_leaves_the_previous_index_loadable(tmp_path, monkeypatch):
 def test_interrupted_swap_is_recovered(tmp_path):
     index, _ = small_index()
     directory = index.save_to_disk(tmp_path / "index")
-    # a process killed between the two renames leaves the previous copy aside and no index in place
+    # a process killed between the two renames leaves the previous copy aside (under the marker it wrote first) and
+    # no index in place
+    (tmp_path / ".index.swap-deadbeef").write_text("index.previous-deadbeef")
     os.replace(directory, tmp_path / "index.previous-deadbeef")
     assert len(BlockIndex.load_from_disk(directory)) == 300
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]

@@ -91,3 +91,63 @@ def test_a_file_truncated_after_loading_fails_with_advice(saved, tmp_path):
     os.truncate(copy / BLOCKS_FILE, (copy / BLOCKS_FILE).stat().st_size // 2)
     with pytest.raises(OSError, match="ended early.*Load the index again"):
         index.get_blocks([NUM_BLOCKS - 1])
+
+
+def _blocks_file_with_empty_titles_and_nulls(directory: Path, n: int = 40) -> Path:
+    """A blocks.arrow whose titles are all empty (an empty data buffer) and some doc ids null."""
+    import pyarrow as pa
+
+    from index_builder.index.blocks_table import block_schema
+
+    schema = block_schema(4)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(n * 4, dtype=np.float32)), 4)
+    batch = pa.record_batch([pa.array(np.arange(n, dtype=np.int64)),
+                             pa.array([None if i % 7 == 3 else f"doc{i}" for i in range(n)], pa.string()),
+                             pa.array([""] * n, pa.string()), pa.array([f"text {i}" for i in range(n)], pa.string()),
+                             vectors], schema=schema)
+    path = directory / BLOCKS_FILE
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(batch)
+    return path
+
+
+def test_empty_and_null_strings_are_read_from_the_file_too(tmp_path):
+    """A column of empty titles (no string data at all) and null doc ids no longer send every read through the
+    memory map, where a truncated file is a SIGBUS."""
+    import datasets
+
+    from index_builder.index.file_rows import FileRows
+
+    path = _blocks_file_with_empty_titles_and_nulls(tmp_path)
+    dataset = datasets.Dataset.from_file(str(path))
+    rows = FileRows.of(dataset, path)
+    assert rows is not None
+    wanted = np.array([0, 3, 10, 39])
+    expected = [{name: dataset[int(i)][name] for name in ("block_id", "doc_id", "title", "text")} for i in wanted]
+    assert rows.blocks(wanted) == expected and expected[1]["doc_id"] is None and expected[0]["title"] == ""
+
+
+def test_a_blocks_file_truncated_under_a_loaded_index_is_an_oserror_not_a_crash(tmp_path):
+    """In a separate process (a SIGBUS would kill the test runner): every title empty, the file cut after loading."""
+    import subprocess
+    import textwrap
+
+    directory = tmp_path / "index"
+    BlockIndex.from_arrays(np.eye(4, dtype=np.float32).repeat(500, axis=0), [f"text {i}" * 20 for i in range(2000)],
+                           titles=[""] * 2000, progress=False).save_to_disk(directory)
+    script = textwrap.dedent(f"""
+        import os
+        import numpy as np
+        from index_builder import BlockIndex
+        index = BlockIndex.load_from_disk({str(directory)!r})
+        assert index._file_rows is not None, "the pread path was not taken"
+        os.truncate({str(directory / BLOCKS_FILE)!r}, 4096)
+        try:
+            index.get_blocks(np.array([1999]))
+        except OSError as error:
+            print("OSError:", error)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[3])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ended early" in result.stdout and "Load the index again" in result.stdout
