@@ -34,6 +34,16 @@ SIZE_CEILINGS = {"num_hidden_layers": 1024, "hidden_size": 65536, "intermediate_
 MAX_BACKBONE_PARAMETERS = 20_000_000_000
 MAX_BLOCK_EMB_BYTES = 1 << 40  # 1 TiB: 13.35M google blocks x 128-d float32 take 6.8 GB
 
+# Keys every transformers config may carry (PretrainedConfig's common attributes in 4.x and 5): kept silently, as
+# transformers does, rather than reported as misspelt REALM fields.
+STANDARD_CONFIG_KEYS = frozenset({
+    "sep_token_id", "cls_token_id", "mask_token_id", "unk_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
+    "decoder_start_token_id", "tokenizer_class", "prefix", "finetuning_task", "task_specific_params",
+    "cross_attention_hidden_size", "pruned_heads", "torchscript", "tie_encoder_decoder", "use_bfloat16",
+    "tf_legacy_loss", "output_attentions", "output_hidden_states", "return_dict", "problem_type", "id2label",
+    "label2id", "chunk_size_feed_forward", "is_encoder_decoder", "architectures",
+})
+
 
 @strict
 class RealmConfig(PreTrainedConfig):
@@ -94,6 +104,7 @@ class RealmConfig(PreTrainedConfig):
     eos_token_id: int | None = 2
     # Read by transformers 5's BERT modules; REALM towers are bidirectional encoders.
     use_cache: bool = True
+    position_embedding_type: str = "absolute"
     is_decoder: bool = False
     add_cross_attention: bool = False
     tie_word_embeddings: bool = True
@@ -135,6 +146,15 @@ class RealmConfig(PreTrainedConfig):
                              f"{self.retriever_proj_size} is a block_emb of more than {MAX_BLOCK_EMB_BYTES:,} bytes; "
                              "check config.json (google's open-QA checkpoints hold 13,353,718 x 128).")
 
+    def validate_position_embedding_type(self):
+        if self.position_embedding_type != "absolute":
+            raise ValueError(
+                f"RealmConfig.position_embedding_type={self.position_embedding_type!r} is not supported: REALM's "
+                "checkpoints use 'absolute', and transformers 5's BERT layers no longer build the relative_key / "
+                "relative_key_query distance embeddings, so such a model would silently compute something else. "
+                "Use position_embedding_type='absolute', or transformers 4.57.6 for relative position embeddings."
+            )
+
     def validate_attention_heads(self):
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
@@ -171,9 +191,11 @@ class RealmConfig(PreTrainedConfig):
 
 @functools.cache
 def _field_names() -> tuple[frozenset, frozenset]:
-    """RealmConfig's fields, and the other keys PreTrainedConfig consumes (computed once per process)."""
+    """RealmConfig's fields, and the other keys PreTrainedConfig consumes or keeps by convention (computed once per
+    process)."""
     known = frozenset(f.name for f in dataclasses.fields(RealmConfig))
-    return known, SERIALIZATION_KEYS | frozenset(GenerationConfig._get_default_generation_params())
+    standard = frozenset(f.name for f in dataclasses.fields(PreTrainedConfig)) | STANDARD_CONFIG_KEYS
+    return known, SERIALIZATION_KEYS | standard | frozenset(GenerationConfig._get_default_generation_params())
 
 
 def _warn_unknown_fields(kwargs: dict) -> None:

@@ -96,6 +96,13 @@ class RealmForOpenQA(RealmPreTrainedModel):
         return self.embedder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                              return_dict=True).projected_score
 
+    def block_embedding_to(self, device):
+        """Move `block_emb` alone to `device` (transformers 4.x's API: keep the 13M x 128 block embeddings on the CPU
+        while the towers run on a GPU, `model.to("cuda"); model.block_embedding_to("cpu")`). Rows are read from
+        wherever it lies and moved to the question embeddings' device."""
+        self.block_emb = self.block_emb.to(device)
+        return self
+
     def lookup_block_embeddings(self, block_ids: torch.LongTensor) -> torch.Tensor:
         """Rows of `block_emb` for block ids `[...]` -> `[..., retriever_proj_size]` (only those rows are read)."""
         if block_ids.numel() and (block_ids.min() < 0 or block_ids.max() >= self.block_emb.shape[0]):

@@ -67,3 +67,25 @@ def test_bad_field_in_a_config_file_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**fields, "retriever_proj_size": -4}))
     with pytest.raises(StrictDataclassError, match="retriever_proj_size"):
         AutoConfig.from_pretrained(tmp_path)
+
+
+def test_relative_position_embeddings_are_refused_not_ignored():
+    """transformers 4.x built distance embeddings for these; transformers 5's BERT does not, so the model would
+    silently compute an absolute-position model."""
+    for kind in ("relative_key", "relative_key_query"):
+        with pytest.raises(StrictDataclassError, match=f"position_embedding_type='{kind}' is not supported"):
+            RealmConfig(position_embedding_type=kind)
+    assert RealmConfig(position_embedding_type="absolute").position_embedding_type == "absolute"
+
+
+def test_standard_config_keys_are_not_reported_but_misspellings_are(caplog):
+    standard = dict(sep_token_id=102, cls_token_id=101, tokenizer_class="RealmTokenizer", prefix="",
+                    finetuning_task="qa", task_specific_params={}, decoder_start_token_id=0, pruned_heads={},
+                    torchscript=False)
+    with caplog.at_level("WARNING"):
+        config = RealmConfig(**standard)
+    assert "unknown field" not in caplog.text
+    assert config.sep_token_id == 102 and config.tokenizer_class == "RealmTokenizer"
+    with caplog.at_level("WARNING"):
+        RealmConfig(retriever_proj_sise=64)
+    assert "unknown field 'retriever_proj_sise': did you mean 'retriever_proj_size'" in caplog.text

@@ -134,3 +134,12 @@ def test_block_emb_of_a_legacy_checkpoint_is_not_copied_into_memory(tmp_path):
     grown = (process.memory_info().rss - before) / 2**20
     assert torch.equal(looked_up[0], expected)
     assert grown < 100, f"loading grew the process by {grown:.0f} MiB for a 195 MiB block_emb"
+
+
+def test_block_embedding_to_moves_only_the_block_embeddings():
+    """transformers 4.x's `block_embedding_to`: block_emb alone goes to another device (here the meta device stands
+    in for a second one); the towers stay, and the buffer keeps its state-dict name."""
+    model = RealmForOpenQA(tiny_config())
+    assert model.block_embedding_to("meta") is model
+    assert model.block_emb.device.type == "meta" and model.embedder.realm.embeddings.word_embeddings.weight.is_cpu
+    assert "block_emb" in dict(model.named_buffers())
