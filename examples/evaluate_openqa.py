@@ -1,9 +1,9 @@
 """Evaluate a REALM open-QA model and its index on a QA file, as the papers did.
 
     python examples/evaluate_openqa.py --model out/best --index my-index \
-        --qa-file ../shared/data/nq_open/NQ-open.dev.jsonl --output-dir eval-nq
+        --qa-file NQ-open.dev.jsonl --output-dir eval-nq
     python examples/evaluate_openqa.py --model out/best --index my-index \
-        --qa-file ../shared/data/curatedtrec/CuratedTrec-test.txt --match regex --output-dir eval-trec
+        --qa-file CuratedTrec-test.txt --match regex --output-dir eval-trec
     python examples/evaluate_openqa.py --demo --qa-file held_out.jsonl --output-dir eval-demo
 
 Exact match after SQuAD normalisation (or regular-expression match for CuratedTREC, `--match regex`), answer

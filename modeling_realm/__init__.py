@@ -7,6 +7,8 @@ evaluation), `pretraining` (ICT, REALM, index refresh), `training` (what the tra
 models), `apps` (console scripts and demo). This module re-exports the names most code needs.
 """
 
+import importlib
+
 from modeling_realm import models
 from modeling_realm.auto import register_auto_classes
 from modeling_realm.models import *  # noqa: F403 - the model classes, their outputs, init_from_bert, load_retriever
@@ -17,12 +19,20 @@ from modeling_realm.openqa import (
            register_pipeline,
            training_batch,
 )
-from modeling_realm.pretraining import IndexRefresher, MaskedQueryCollator, RealmPretrainingModel
 from modeling_realm.retrieval import RetrievalIndex, RetrievedBlocks, SearchableIndex, retrieve_blocks
 
 register_auto_classes()
 register_pipeline()
 
-__all__ = [*models.__all__, "IndexRefresher", "MaskedQueryCollator", "OpenDomainQAPipeline", "RealmForOpenQA",
-           "RealmPretrainingModel", "RetrievalIndex", "RetrievedBlocks", "SearchableIndex", "evaluate_openqa",
-           "retrieve_blocks", "training_batch"]
+# Pretraining needs index_builder (FAISS, datasets: about a second to import); its names load on first use.
+LAZY = dict.fromkeys(("IndexRefresher", "MaskedQueryCollator", "RealmPretrainingModel"), "modeling_realm.pretraining")
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name]), name)
+    raise AttributeError(f"module 'modeling_realm' has no attribute {name!r}")
+
+
+__all__ = [*models.__all__, *LAZY, "OpenDomainQAPipeline", "RealmForOpenQA", "RetrievalIndex", "RetrievedBlocks",
+           "SearchableIndex", "evaluate_openqa", "retrieve_blocks", "training_batch"]

@@ -70,7 +70,7 @@ class RetrievedBlocks:
 
 
 def retrieve_blocks(index, query_embeddings, num_blocks: int, exclude_doc_ids=None,
-                    with_embeddings: bool = False) -> RetrievedBlocks:
+                    with_embeddings: bool = False, with_blocks: bool = True) -> RetrievedBlocks:
     """The top `num_blocks` blocks of each query, none of them from the query's own document.
 
     Args:
@@ -80,6 +80,7 @@ def retrieve_blocks(index, query_embeddings, num_blocks: int, exclude_doc_ids=No
         exclude_doc_ids: per query, the doc_id whose blocks are skipped (None: skip nothing for that query). The
             search is widened (doubling, up to the whole index) for the queries whose own document fills its results.
         with_embeddings: also return the blocks' stored embeddings (frozen, as ORQA/REALM fine-tuning reads them).
+        with_blocks: return the blocks' texts (False: ids and scores only, nothing read but what exclusions need).
     """
     queries = _as_numpy(query_embeddings)
     batch = queries.shape[0]
@@ -93,9 +94,10 @@ def retrieve_blocks(index, query_embeddings, num_blocks: int, exclude_doc_ids=No
     with index.reading() if full else contextlib.nullcontext():  # the blocks found are still there when read
         if all(doc_id is None for doc_id in exclude):
             scores, block_ids = index.search(queries, num_blocks)
-            blocks = index.get_blocks(block_ids) if full else None
+            blocks = index.get_blocks(block_ids) if full and with_blocks else None
         else:
             scores, block_ids, blocks = _search_excluding(index, queries, num_blocks, exclude)
+            blocks = blocks if with_blocks else None
         found = RetrievedBlocks(np.asarray(block_ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), blocks)
         if with_embeddings:
             # [batch, k, dim]

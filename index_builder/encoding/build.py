@@ -31,10 +31,10 @@ def build_index(blocks, model, tokenizer, output_dir, factory: str = "Flat", wor
     output_dir = Path(output_dir)
     is_main = accelerator is None or accelerator.is_main_process
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(output_dir)
+    if is_main:
+        recover_directory(output_dir)
+        _check_output(output_dir, overwrite)
     with _build_lock(work_dir, output_dir, is_main):
-        if is_main:
-            recover_directory(output_dir)
-            _check_output(output_dir, overwrite)
         blocks = with_block_ids(blocks)
         embeddings = encode_blocks(blocks, model, tokenizer, work_dir, batch_size=batch_size, max_length=max_length,
                                    chunk_size=chunk_size, accelerator=accelerator, mixed_precision=mixed_precision,

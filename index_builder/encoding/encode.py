@@ -1,9 +1,10 @@
 """Blocks -> embeddings with the block tower, in length-sorted batches, resumable and sharded across processes.
 
 The work directory holds `encoding.json` (what is being encoded, and how) and one `chunk-XXXXXX.npy` per
-`chunk_size` blocks, each written to a temporary name and renamed into place when complete. Chunk `c` belongs to
-process `c % num_processes`, so under `accelerate launch --num_processes N` every process encodes its own share;
-a run that is killed and started again skips the chunks that exist and loses at most one chunk per process.
+`chunk_size` blocks, each written to a temporary name and renamed into place when complete, then followed by its
+size and checksum (`chunk-XXXXXX.xxh3.json`). Chunk `c` belongs to process `c % num_processes`, so under
+`accelerate launch --num_processes N` every process encodes its own share; a run that is killed and started again
+skips the chunks that were finished and loses at most one chunk per process.
 """
 
 import json

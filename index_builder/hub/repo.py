@@ -88,9 +88,8 @@ def write_hub_folder(index, folder, max_shard_size: int | str = "500MB", repo_id
     folder = Path(folder)
     shards = write_parquet_shards(index.blocks, folder, parse_size(max_shard_size), index.dimension)
     faiss_utils.write(index.faiss_index, folder / FAISS_FILE)
-    manifest = dataclasses.replace(index.manifest, num_blocks=len(index),
+    manifest = dataclasses.replace(index.manifest, num_blocks=len(index), layout=HUB_LAYOUT, shards=shards,
                                    search_params=dict(index.manifest.search_params))
-    manifest = dataclasses.replace(manifest, layout=HUB_LAYOUT, shards=shards)
     manifest.record_files(folder, shards + [FAISS_FILE])
     manifest.write(folder)
     card = render_card(manifest, repo_id or "<namespace>/<name>", description)
@@ -162,11 +161,13 @@ def load_index(cls, repo_id_or_path, revision: str | None = None, token: str | N
 def _load_local(cls, directory: Path, cache_dir, verify: bool):
     """A save_to_disk directory loads as is; a Hub-layout one is converted once into a cached copy."""
     recover_directory(directory)
-    if (directory / BLOCKS_FILE).exists() or not _is_hub_layout(directory):
+    if (directory / BLOCKS_FILE).exists() or not (directory / MANIFEST).exists():
+        return cls.load_from_disk(directory, verify=verify)
+    manifest = Manifest.read(directory)  # checked: a regular file of bounded size, field types, file names
+    if manifest.layout != HUB_LAYOUT:
         return cls.load_from_disk(directory, verify=verify)
     from huggingface_hub import constants
 
-    manifest = Manifest.read(directory)  # checked: a regular file of bounded size, field types, file names
     key = xxhash.xxh3_64((directory / MANIFEST).read_bytes()).hexdigest()
     root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HOME) / LOCAL_CACHE_FOLDER
     target = root / f"local--{key}"
@@ -174,7 +175,7 @@ def _load_local(cls, directory: Path, cache_dir, verify: bool):
     if cached is not None:
         return cached
     manifest.verify_files(directory, checksums=verify)
-    return _materialise(cls, directory, target, manifest, _shards_of(manifest, directory))
+    return _materialise(cls, directory, target, manifest, _shards_of(manifest))
 
 
 def _load_from_hub(cls, repo_id: str, revision, token, cache_dir, verify: bool, local_files_only: bool):
@@ -207,7 +208,7 @@ def _load_from_hub(cls, repo_id: str, revision, token, cache_dir, verify: bool, 
                 f"{name} downloaded from dataset repo {repo_id!r} (commit {sha}) does not match its {MANIFEST}: "
                 f"{error} The bad download was removed from the cache: load again to download it again; if this "
                 "persists the repo itself is damaged, push the index again.") from error
-    shards = _shards_of(manifest, snapshot)
+    shards = _shards_of(manifest)
     logger.info("Converting %s (commit %s) into a BlockIndex directory at %s", repo_id, sha, target)
     return _materialise(cls, snapshot, target, manifest, shards, repo_folder)
 
@@ -241,17 +242,9 @@ def _hub_errors(repo_id: str, revision):
                                 ) from error
 
 
-def _shards_of(manifest: Manifest, directory: Path) -> list[str]:
-    """The parquet shards of a Hub-layout manifest, in row order."""
-    if manifest.layout != HUB_LAYOUT:
-        raise IndexMismatchError(f"{directory / MANIFEST} does not describe a Hub-layout BlockIndex; push the index "
-                                 "again with BlockIndex.push_to_hub.")
+def _shards_of(manifest: Manifest) -> list[str]:
+    """The parquet shards of a Hub-layout manifest (checked by `Manifest.read`), in row order."""
     return list(manifest.shards or sorted(name for name in manifest.files if name != FAISS_FILE))
-
-
-def _is_hub_layout(directory: Path) -> bool:
-    """Whether `directory` holds a Hub-layout manifest (a damaged manifest raises IndexMismatchError here)."""
-    return (directory / MANIFEST).exists() and Manifest.read(directory).layout == HUB_LAYOUT
 
 
 def _verify_file(directory: Path, manifest: Manifest, name: str, checksums: bool, trusted_root: Path):

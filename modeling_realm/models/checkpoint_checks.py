@@ -38,11 +38,13 @@ def check_local_checkpoint(path, class_name: str, config_given: bool = False) ->
     if not isinstance(config, dict):
         raise ValueError(f"{config_file} holds a JSON {type(config).__name__}, not an object; restore the config.json "
                          "saved with these weights.")
-    for weights in sorted(directory.glob("*.safetensors")):
-        _check_sizes(weights, _read_safetensors_header(weights), config)
+    weights = {path: _read_safetensors_header(path) for path in sorted(directory.glob("*.safetensors"))}
     legacy = directory / "pytorch_model.bin"
-    if legacy.is_file() and not any(directory.glob("*.safetensors")):
-        _check_sizes(legacy, _read_legacy_shapes(legacy), config)
+    if not weights and legacy.is_file():
+        weights = {legacy: _read_legacy_shapes(legacy)}
+    for path, shapes in weights.items():
+        _check_sizes(path, shapes, config)
+    _check_layer_count(directory, weights, config)
     _check_architecture(directory, config, class_name)
 
 
@@ -83,8 +85,7 @@ LAYER = re.compile(r"^(?P<tower>.*?)encoder\.layer\.(?P<number>\d+)\.")
 
 def _check_sizes(weights: Path, shapes: dict[str, list[int]], config: dict) -> None:
     """config.json's sizes against the shapes in a weights header (a hand-edited or mismatched config.json
-    otherwise fails deep inside transformers with a size-mismatch report, or builds a million layers first)."""
-    _check_layer_count(weights, shapes, config)
+    otherwise fails deep inside transformers with a size-mismatch report)."""
     for name, shape in shapes.items():
         fields = next((f for suffix, f in SIZED_TENSORS.items() if name.endswith(suffix)), ())
         for field, size in zip(fields, shape):
@@ -95,20 +96,23 @@ def _check_sizes(weights: Path, shapes: dict[str, list[int]], config: dict) -> N
                                  f"{field} to {size}).")
 
 
-def _check_layer_count(weights: Path, shapes: dict[str, list[int]], config: dict) -> None:
-    """Every BERT tower in the weights (`realm.`, `embedder.realm.`, `reader.realm.`...) has num_hidden_layers
-    layers."""
+def _check_layer_count(directory: Path, weights: dict[Path, dict], config: dict) -> None:
+    """Every BERT tower in the weights (`realm.`, `embedder.realm.`, `reader.realm.`...), counted over all weight
+    files (a sharded checkpoint splits a tower's layers), has num_hidden_layers layers - before transformers builds
+    a million of them."""
     layers = defaultdict(set)
-    for name in shapes:
-        match = LAYER.match(name)
-        if match:
-            layers[match["tower"]].add(int(match["number"]))
+    for shapes in weights.values():
+        for name in shapes:
+            match = LAYER.match(name)
+            if match:
+                layers[match["tower"]].add(int(match["number"]))
     expected = config.get("num_hidden_layers")
     for tower, numbers in sorted(layers.items()):
         if expected is not None and len(numbers) != expected:
-            raise ValueError(f"{weights.parent / 'config.json'} says num_hidden_layers={expected!r}, but the weights "
-                             f"in {weights.name} hold {len(numbers)} layers ({tower}encoder). Restore the config.json "
-                             f"saved with these weights (or set num_hidden_layers to {len(numbers)}).")
+            files = ", ".join(path.name for path in weights)
+            raise ValueError(f"{directory / 'config.json'} says num_hidden_layers={expected!r}, but the weights in "
+                             f"{files} hold {len(numbers)} layers ({tower}encoder). Restore the config.json saved "
+                             f"with these weights (or set num_hidden_layers to {len(numbers)}).")
 
 
 def _check_architecture(directory: Path, config: dict, class_name: str) -> None:

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from modeling_realm.models.outputs import RealmRetrieverOutput
 from modeling_realm.models.towers import RealmTwoTowerModel
-from modeling_realm.retrieval import IndexSlot, RetrievedBlocks, retrieve_blocks
+from modeling_realm.retrieval import IndexSlot, retrieve_blocks
 
 
 class RealmRetriever(RealmTwoTowerModel):
@@ -76,8 +76,7 @@ class RealmRetriever(RealmTwoTowerModel):
         k = self.config.reader_beam_size if k is None else k
         # [batch, proj], detached: the index only picks block ids
         queries = self.embed_queries(input_ids, attention_mask, token_type_ids)
-        found = retrieve_blocks(self.index, queries, k)
-        return found if return_blocks else RetrievedBlocks(found.block_ids, found.scores)
+        return retrieve_blocks(self.index, queries, k, with_blocks=return_blocks)
 
     def relevance_to(self, query_embeddings: torch.Tensor, block_ids) -> torch.Tensor:
         """Scores `[batch, k]` of queries `[batch, proj]` (with gradients) against the index's stored embeddings
