@@ -36,6 +36,10 @@ def parse_args(argv=None):
     parser.add_argument("--ks", default="1,5,20,100", help="recall cut-offs (default 1,5,20,100)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--retrieval", choices=["dense", "lexical", "hybrid", "each"], default="each",
+                        help="retrieval mode to evaluate; each (default): every mode the index serves (dense, and "
+                             "lexical and hybrid when it has a lexical part); summary.json's top level and "
+                             "predictions.jsonl are the index's default mode")
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
     if not args.demo and not (args.model and args.index):
@@ -57,10 +61,23 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def retrieval_modes(index, requested: str) -> list[str]:
+    """The modes to evaluate, the index's default last."""
+    if requested != "each":
+        return [requested]
+    return ["dense", "lexical", "hybrid"] if getattr(index, "has_lexical", False) else ["dense"]
+
+
 def table(summary: dict) -> str:
-    rows = [f"{name:<22} {value:8.2f}" if isinstance(value, float) else f"{name:<22} {value:>8}"
-            for name, value in summary.items()]
-    return "\n".join(["metric                    value", "-" * 31, *rows])
+    by_mode = summary.get("by_retrieval") or {summary["retrieval"]: summary}
+    names = [name for name, value in next(iter(by_mode.values())).items() if isinstance(value, (int, float))]
+    header = f"{'metric':<22}" + "".join(f" {mode:>9}" for mode in by_mode)
+    rows = [f"{name:<22}" + "".join(_cell(result[name]) for result in by_mode.values()) for name in names]
+    return "\n".join([header, "-" * len(header), *rows])
+
+
+def _cell(value) -> str:
+    return f" {value:9.2f}" if isinstance(value, float) else f" {value:>9}"
 
 
 def main(argv=None) -> dict:
@@ -70,9 +87,14 @@ def main(argv=None) -> dict:
                            match=args.match)[:args.limit]
     model = load_model(args)
     ks = tuple(int(k) for k in args.ks.split(","))
-    summary, predictions = evaluate_openqa(model, model.tokenizer, records, match=args.match, ks=ks,
-                                           batch_size=args.batch_size)
-    summary = {"qa_file": str(args.qa_file), "match": args.match, **summary}
+    modes = retrieval_modes(model.index, args.retrieval)
+    by_mode = {mode: evaluate_openqa(model, model.tokenizer, records, match=args.match, ks=ks,
+                                     batch_size=args.batch_size, retrieval=mode) for mode in modes}
+    main_mode = modes[-1]  # hybrid when the index has a lexical part (its default), else the one asked for
+    summary, predictions = by_mode[main_mode]
+    summary = {"qa_file": str(args.qa_file), "match": args.match, "retrieval": main_mode, **summary}
+    if len(modes) > 1:
+        summary["by_retrieval"] = {mode: result[0] for mode, result in by_mode.items()}
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     write_atomically(output / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))

@@ -69,13 +69,21 @@ class RetrievedBlocks:
     embeddings: torch.Tensor | None = None
 
 
+RETRIEVAL_MODES = ("dense", "lexical", "hybrid")
+
+
 def retrieve_blocks(index, query_embeddings, num_blocks: int, exclude_doc_ids=None,
-                    with_embeddings: bool = False, with_blocks: bool = True) -> RetrievedBlocks:
+                    with_embeddings: bool = False, with_blocks: bool = True, query_texts=None,
+                    mode: str | None = None) -> RetrievedBlocks:
     """The top `num_blocks` blocks of each query, none of them from the query's own document.
 
     Args:
         index: a `SearchableIndex` (a `RetrievalIndex` to get blocks, embeddings or exclusions).
         query_embeddings: `[batch, dim]`, a tensor (detached here) or a numpy array.
+        query_texts: the queries' texts `[batch]`, for an index with a lexical part (BM25).
+        mode: "dense", "lexical" or "hybrid" (see index_builder's BlockIndex.search); None: the index's default,
+            hybrid when it has a lexical part and `query_texts` are given, dense otherwise. The scores returned are
+            the index's for that mode; the embeddings (`with_embeddings`) are always the dense ones.
         num_blocks: blocks to keep per query.
         exclude_doc_ids: per query, the doc_id whose blocks are skipped (None: skip nothing for that query). The
             search is widened (doubling, up to the whole index) for the queries whose own document fills its results.
@@ -91,12 +99,13 @@ def retrieve_blocks(index, query_embeddings, num_blocks: int, exclude_doc_ids=No
     total = len(index) if full else None
     if num_blocks < 1 or (total is not None and num_blocks > total):
         raise ValueError(f"num_blocks={num_blocks} must lie in [1, {total}] (the blocks in the index); lower --top-k.")
+    search = _searcher(index, query_texts, mode, batch)
     with index.reading() if full else contextlib.nullcontext():  # the blocks found are still there when read
         if all(doc_id is None for doc_id in exclude):
-            scores, block_ids = index.search(queries, num_blocks)
+            scores, block_ids = search(queries, np.arange(batch), num_blocks)
             blocks = index.get_blocks(block_ids) if full and with_blocks else None
         else:
-            scores, block_ids, blocks = _search_excluding(index, queries, num_blocks, exclude)
+            scores, block_ids, blocks = _search_excluding(index, search, queries, num_blocks, exclude)
             blocks = blocks if with_blocks else None
         found = RetrievedBlocks(np.asarray(block_ids, dtype=np.int64), np.asarray(scores, dtype=np.float32), blocks)
         if with_embeddings:
@@ -106,7 +115,32 @@ def retrieve_blocks(index, query_embeddings, num_blocks: int, exclude_doc_ids=No
     return found
 
 
-def _search_excluding(index, queries: np.ndarray, num_blocks: int, exclude: list):
+def check_mode(index, mode: str | None) -> None:
+    """Refuse a retrieval mode that is unknown, or that `index` cannot serve (lexical and hybrid need a lexical
+    part)."""
+    if mode is not None and mode not in RETRIEVAL_MODES:
+        raise ValueError(f"The retrieval mode must be one of {RETRIEVAL_MODES} (or None for the index's default), got "
+                         f"{mode!r}.")
+    if mode in ("lexical", "hybrid") and not getattr(index, "has_lexical", False):
+        raise ValueError(f"Retrieval mode {mode!r} needs an index with a lexical part (BM25), and this one has none; "
+                         "add one with index.add_lexical() or `realm-build-index --lexical bm25 --output DIR`, or "
+                         "retrieve in 'dense' mode.")
+
+
+def _searcher(index, query_texts, mode, batch: int):
+    """search(queries `[b, d]`, rows `[b]` of the batch, k) -> (scores, block_ids), in the requested mode."""
+    check_mode(index, mode)
+    if mode == "dense" or (mode is None and (query_texts is None or not getattr(index, "has_lexical", False))):
+        return lambda queries, rows, k: index.search(queries, k)
+    if query_texts is None:
+        raise ValueError(f"Retrieval mode {mode!r} searches the queries' texts; pass query_texts (one per query).")
+    texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
+    if len(texts) != batch:
+        raise ValueError(f"Got {len(texts)} query texts for {batch} queries; pass one text per query.")
+    return lambda queries, rows, k: index.search(queries, k, query_texts=[texts[r] for r in rows], mode=mode)
+
+
+def _search_excluding(index, search, queries: np.ndarray, num_blocks: int, exclude: list):
     """`retrieve_blocks` with exclusions: scores, block_ids `[batch, num_blocks]` and the blocks."""
     batch, total = queries.shape[0], len(index)
     scores = np.zeros((batch, num_blocks), dtype=np.float32)
@@ -114,7 +148,7 @@ def _search_excluding(index, queries: np.ndarray, num_blocks: int, exclude: list
     blocks: list = [None] * batch
     pending, width = list(range(batch)), min(total, 2 * num_blocks)
     while pending:
-        found_scores, found_ids = index.search(np.ascontiguousarray(queries[pending]), width)
+        found_scores, found_ids = search(np.ascontiguousarray(queries[pending]), pending, width)
         found_blocks = index.get_blocks(found_ids)
         still = []
         for row, row_scores, row_ids, row_blocks in zip(pending, found_scores, found_ids, found_blocks):

@@ -113,14 +113,15 @@ def _embeddings(n=6, dim=DIM, seed=0):
     return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
 
 
-def _saved_index(tmp) -> Path:
+def _saved_index(tmp, lexical: bool = False) -> Path:
     texts = [f"block {i}" for i in range(6)]
-    return BlockIndex.from_arrays(_embeddings(), texts, progress=False).save_to_disk(tmp / "index")
+    return BlockIndex.from_arrays(_embeddings(), texts, progress=False,
+                                  lexical="bm25" if lexical else None).save_to_disk(tmp / "index")
 
 
-def _damaged_index(tmp, damage):
+def _damaged_index(tmp, damage, lexical: bool = False):
     """A saved index with `damage(directory)` applied, then loaded."""
-    directory = _saved_index(tmp)
+    directory = _saved_index(tmp, lexical)
     damage(directory)
     return lambda: BlockIndex.load_from_disk(directory)
 
@@ -492,7 +493,23 @@ CATALOGUE = [
          match=r"inconsistent: index.faiss holds 6 vectors, the manifest says 7.*Rebuild or re-download"),
     Case("index-manifest-other-version", "index", "a manifest from another format version",
          lambda tmp: _damaged_index(tmp, _edit_json("manifest.json", format_version=99)), error=ValueError,
-         match="format_version 99; this package reads version 1. Rebuild the index"),
+         match=r"format_version 99; this package reads versions \[1, 2\]. Rebuild the index"),
+    Case("index-lexical-over-other-blocks", "index", "a manifest whose lexical part names other blocks' digest",
+         lambda tmp: _damaged_index(tmp, _edit_manifest(lambda r: r["lexical"].update(blocks_digest="0" * 32)),
+                                    lexical=True),
+         error=ValueError, match="lexical part was built over other blocks.*Rebuild or re-download"),
+    Case("query-lexical-without-lexical-part", "query", "search by text an index that has no lexical part",
+         lambda tmp: (lambda index: lambda: index.search(k=2, query_texts=["block"], mode="lexical"))(
+             BlockIndex.load_from_disk(_saved_index(tmp))),
+         error=ValueError, match=r"needs a lexical part.*add_lexical\(\).*--lexical bm25.*mode='dense'"),
+    Case("query-lexical-no-indexed-term", "query", "a lexical search for words no block holds",
+         lambda tmp: (lambda index: lambda: index.search(k=2, query_texts=["zzyzx"], mode="lexical"))(
+             BlockIndex.load_from_disk(_saved_index(tmp, lexical=True))),
+         error=ValueError, match="has no term that occurs in the indexed blocks.*mode='dense' or 'hybrid'"),
+    Case("query-hybrid-weight-out-of-range", "query", "a hybrid search with weight=2",
+         lambda tmp: (lambda index: lambda: index.search(_embeddings(1), 2, query_texts=["block"], weight=2))(
+             BlockIndex.load_from_disk(_saved_index(tmp, lexical=True))),
+         error=ValueError, match=r"weight \(the dense side's share\) must be a number in \[0, 1\], got 2"),
     Case("index-manifest-missing", "index", "a directory without manifest.json",
          lambda tmp: _damaged_index(tmp, lambda d: (d / "manifest.json").unlink()), error=FileNotFoundError,
          match="has no manifest.json: it is not a BlockIndex directory.*Build one with BlockIndex.save_to_disk"),

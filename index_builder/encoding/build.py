@@ -20,8 +20,10 @@ def default_work_dir(output_dir) -> Path:
 def build_index(blocks, model, tokenizer, output_dir, factory: str = "Flat", work_dir=None, batch_size: int = 64,
                 max_length: int = 512, chunk_size: int = DEFAULT_CHUNK_SIZE, accelerator=None,
                 mixed_precision: str = "no", embedder_name: str | None = None, search_params: dict | None = None,
-                overwrite: bool = False, keep_embeddings: bool = False, progress: bool = True) -> BlockIndex:
-    """Encode `blocks` with the block tower of `model` and write a BlockIndex to `output_dir`.
+                overwrite: bool = False, keep_embeddings: bool = False, progress: bool = True,
+                lexical=None) -> BlockIndex:
+    """Encode `blocks` with the block tower of `model` and write a BlockIndex to `output_dir` (with a lexical part
+    when `lexical` is "bm25" or a `LexicalSettings`).
 
     Run the same call again after a crash: finished chunks of embeddings in `work_dir` are reused. With an
     accelerator, every process encodes its share and the main process builds the index; all processes return it.
@@ -42,7 +44,7 @@ def build_index(blocks, model, tokenizer, output_dir, factory: str = "Flat", wor
         if is_main:
             BlockIndex.build(blocks, embeddings, output_dir, factory=factory, embedder=model,
                              embedder_name=embedder_name, search_params=search_params, overwrite=overwrite,
-                             progress=progress)
+                             progress=progress, lexical=lexical)
             if not keep_embeddings:
                 embeddings.remove_files()
                 _remove_if_empty(work_dir)

@@ -14,12 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import xxhash
 from tqdm.auto import tqdm
 
+from index_builder.index.blocks_table import blocks_digest
 from index_builder.index.fingerprint import block_embedder_of, weights_fingerprint
 from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN, block_inputs
 from tokenization.storage import atomic_file, atomic_write_bytes, file_checksum
@@ -28,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 ENCODING_FILE = "encoding.json"
 DEFAULT_CHUNK_SIZE = 8192
-DIGEST_BATCH = 65536  # blocks per Arrow batch when hashing every block's title and text
 MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -135,30 +133,6 @@ def _plan(blocks, embedder, tokenizer, chunk_size: int, max_length: int, mixed_p
                         chunk_size=chunk_size, max_length=max_length, blocks_digest=blocks_digest(blocks),
                         embedder_fingerprint=weights_fingerprint(embedder),
                         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), mixed_precision=mixed_precision)
-
-
-def blocks_digest(blocks) -> str:
-    """xxh3-128 of every block's title and text, in order (the Arrow bytes of both columns, batch by batch): a
-    resumed encoding is reused only for exactly the same blocks."""
-    digest = xxhash.xxh3_128()
-    digest.update(str(len(blocks)).encode())
-    for batch in blocks.select_columns(["title", "text"]).with_format("arrow").iter(batch_size=DIGEST_BATCH):
-        for name in ("title", "text"):
-            offsets, data = _string_bytes(batch[name])
-            digest.update(offsets)
-            digest.update(data)
-    return digest.hexdigest()
-
-
-def _string_bytes(column) -> tuple[bytes, memoryview]:
-    """The offsets (from 0, int64) and the UTF-8 bytes of a string column, nulls read as empty strings."""
-    array = pa.concat_arrays(column.chunks) if isinstance(column, pa.ChunkedArray) else column
-    array = pc.fill_null(array.cast(pa.large_string()), "")
-    # [len + 1]
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset:array.offset + len(array) + 1]
-    data = array.buffers()[2]
-    start, stop = int(offsets[0]), int(offsets[-1])
-    return (offsets - start).tobytes(), memoryview(b"") if data is None else memoryview(data)[start:stop]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

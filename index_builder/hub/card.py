@@ -8,7 +8,7 @@ import json
 
 from huggingface_hub import DatasetCardData
 
-from index_builder.index.manifest import FAISS_FILE, MANIFEST, Manifest
+from index_builder.index.manifest import FAISS_FILE, LEXICAL_FILES, MANIFEST, Manifest
 
 DATA_DIR = "data"
 SHARD_PATTERN = f"{DATA_DIR}/*.parquet"
@@ -67,6 +67,7 @@ def _facts(manifest: Manifest) -> list[tuple[str, str]]:
         ("embedder fingerprint", f"`{manifest.embedder_fingerprint}`" if manifest.embedder_fingerprint
          else "not recorded"),
         ("block ids", "0 .. n-1" if manifest.contiguous_ids else "increasing, with gaps"),
+        ("lexical part", _lexical_fact(manifest.lexical)),
         ("created", manifest.created),
     ]
 
@@ -77,8 +78,19 @@ def _files(manifest: Manifest, shards: list[str]) -> str:
                f"- `{FAISS_FILE}`: the FAISS index of the embeddings (inner product), searched by block id.\n"
                f"- `{MANIFEST}`: the index metadata above with the size and xxh3-64 checksum of every file; "
                "`from_pretrained` checks the downloaded files against it.")
+    if manifest.lexical is not None:
+        listing += (f"\n- `{LEXICAL_FILES[0]}`, `bm25/*.npy`: the lexical part, BM25 postings of every block's title "
+                    "and text (the sorted vocabulary; per term, its blocks' rows and weights), memory-mapped when "
+                    "served; hybrid search fuses it with the dense scores.")
     rows = [(f"`{name}`", f"{entry['bytes']:,}") for name, entry in sorted(manifest.files.items())]
     return listing + "\n\n" + _table(rows, header=("file", "bytes"))
+
+
+def _lexical_fact(lexical: dict | None) -> str:
+    if lexical is None:
+        return "none (dense search only)"
+    return (f"BM25 (k1={lexical['k1']}, b={lexical['b']}, stop words: {lexical['stopwords'] or 'none'}, stemmer: "
+            f"{lexical['stemmer'] or 'none'}), {lexical['num_terms']:,} terms, {lexical['num_postings']:,} postings")
 
 
 def _usage(repo_id: str, dimension: int) -> str:
@@ -87,7 +99,9 @@ def _usage(repo_id: str, dimension: int) -> str:
         "```python\nfrom index_builder import BlockIndex\n\n"
         f'index = BlockIndex.from_pretrained("{repo_id}")\n'
         f"scores, block_ids = index.search(query_embeddings, k=5)  # query_embeddings: float32 [batch, {dimension}]\n"
-        "blocks = index.get_blocks(block_ids)  # block_id, doc_id, title, text\n```\n\n"
+        "blocks = index.get_blocks(block_ids)  # block_id, doc_id, title, text\n"
+        "# with a lexical part: by text alone, or hybrid (the default when both are given)\n"
+        'scores, block_ids = index.search(query_embeddings, k=5, query_texts=["who wrote hamlet?"])\n```\n\n'
         "The first load downloads the files, checks them against `manifest.json` and converts the parquet shards "
         "into a memory-mapped Arrow file in the Hub cache; later loads reuse it. The blocks alone (no FAISS) load "
         "with `datasets`:\n\n"

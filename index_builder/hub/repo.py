@@ -4,6 +4,7 @@ A repo made by `push_index_to_hub` holds:
 
     data/train-00000-of-00003.parquet ...  the blocks (block_id, doc_id, title, text, embeddings) in block-id order
     index.faiss                            the FAISS index
+    bm25/terms.arrow, bm25/*.npy           the lexical part (BM25), when the index has one
     manifest.json                          the index manifest; `files` lists the shards and index.faiss with their
                                            sizes and xxh3-64 checksums, `layout` is "hub-parquet", `shards` the order
     README.md                              the dataset card (its configs make `datasets.load_dataset(repo)` work)
@@ -35,6 +36,7 @@ from index_builder.index.manifest import (
     BLOCKS_FILE,
     FAISS_FILE,
     HUB_LAYOUT,
+    LEXICAL_FILES,
     MANIFEST,
     IndexMismatchError,
     Manifest,
@@ -45,6 +47,7 @@ from tokenization.storage import atomic_directory, atomic_write_bytes, recover_d
 logger = logging.getLogger(__name__)
 
 CARD = "README.md"
+LEXICAL_PATTERN = "bm25/*"  # an earlier push's lexical part goes with it, as its shards do
 CACHE_FOLDER = "realm_index"  # next to `snapshots/` in the Hub cache folder of a repo
 LOCAL_CACHE_FOLDER = "realm_indices"  # under HF_HOME (or cache_dir) for local Hub-layout directories
 ROW_GROUP_BYTES = 64 << 20
@@ -78,7 +81,7 @@ def push_index_to_hub(index, repo_id: str, private: bool | None = None, token: s
         logger.info("Uploading %d files (%d blocks) to dataset repo %s", len(files), len(index), repo_id)
         return api.upload_folder(repo_id=repo_id, folder_path=scratch, repo_type="dataset", revision=revision,
                                  commit_message=commit_message, create_pr=create_pr,
-                                 delete_patterns=[SHARD_PATTERN])
+                                 delete_patterns=[SHARD_PATTERN, LEXICAL_PATTERN])
 
 
 def write_hub_folder(index, folder, max_shard_size: int | str = "500MB", repo_id: str | None = None,
@@ -88,13 +91,21 @@ def write_hub_folder(index, folder, max_shard_size: int | str = "500MB", repo_id
     folder = Path(folder)
     shards = write_parquet_shards(index.blocks, folder, parse_size(max_shard_size), index.dimension)
     faiss_utils.write(index.faiss_index, folder / FAISS_FILE)
+    lexical = _lexical_files(index)
+    if lexical:
+        index.lexical.save(folder / Path(LEXICAL_FILES[0]).parent)
     manifest = dataclasses.replace(index.manifest, num_blocks=len(index), layout=HUB_LAYOUT, shards=shards,
                                    search_params=dict(index.manifest.search_params))
-    manifest.record_files(folder, shards + [FAISS_FILE])
+    manifest.record_files(folder, shards + [FAISS_FILE] + lexical)
     manifest.write(folder)
     card = render_card(manifest, repo_id or "<namespace>/<name>", description)
     atomic_write_bytes(folder / CARD, card.encode())
-    return shards + [FAISS_FILE, MANIFEST, CARD]
+    return shards + [FAISS_FILE] + lexical + [MANIFEST, CARD]
+
+
+def _lexical_files(index) -> list[str]:
+    """The lexical part's files, when the index has one."""
+    return list(LEXICAL_FILES) if getattr(index, "lexical", None) is not None else []
 
 
 def write_parquet_shards(blocks, folder: Path, max_shard_bytes: int, dimension: int) -> list[str]:
@@ -244,7 +255,8 @@ def _hub_errors(repo_id: str, revision):
 
 def _shards_of(manifest: Manifest) -> list[str]:
     """The parquet shards of a Hub-layout manifest (checked by `Manifest.read`), in row order."""
-    return list(manifest.shards or sorted(name for name in manifest.files if name != FAISS_FILE))
+    return list(manifest.shards or sorted(name for name in manifest.files
+                                          if name != FAISS_FILE and name not in LEXICAL_FILES))
 
 
 def _verify_file(directory: Path, manifest: Manifest, name: str, checksums: bool, trusted_root: Path):
@@ -271,9 +283,12 @@ def _materialise(cls, source: Path, target: Path, manifest: Manifest, shards: li
     with atomic_directory(target, overwrite=target.exists()) as staging:
         write_blocks(staging / BLOCKS_FILE, manifest.dimension,
                      _parquet_batches(source, shards, manifest.dimension, manifest.num_blocks))
-        _link_or_copy(listed_file(source, FAISS_FILE, trusted_root), staging / FAISS_FILE)
+        lexical = list(LEXICAL_FILES) if manifest.lexical is not None else []
+        for name in [FAISS_FILE] + lexical:
+            (staging / name).parent.mkdir(exist_ok=True)
+            _link_or_copy(listed_file(source, name, trusted_root), staging / name)
         local = dataclasses.replace(manifest, files={}, layout=None, shards=None)
-        local.record_files(staging, [BLOCKS_FILE, FAISS_FILE])
+        local.record_files(staging, [BLOCKS_FILE, FAISS_FILE] + lexical)
         local.write(staging)
     return cls.load_from_disk(target, verify=False)
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import index_builder.index.faiss_utils as faiss_utils
 from index_builder.index.blocks_table import (
     TEXT_COLUMNS,
     batches_of,
+    blocks_digest,
     embeddings_of,
     open_blocks,
     record_batch,
@@ -25,27 +27,40 @@ from index_builder.index.blocks_table import (
 from index_builder.index.exact import exact_top_k, gemm_top_k
 from index_builder.index.file_rows import FileRows
 from index_builder.index.fingerprint import block_embedder_of, has_block_embedder, weights_fingerprint
-from index_builder.index.manifest import BLOCKS_FILE, FAISS_FILE, MANIFEST, IndexMismatchError, Manifest
+from index_builder.index.fusion import (
+    DEFAULT_WEIGHT,
+    check_fusion,
+    check_query_texts,
+    fuse,
+    hybrid_depth,
+    resolve_mode,
+)
+from index_builder.index.lexical import LEXICAL_DIR, LEXICAL_FILES, LexicalIndex, LexicalSettings
+from index_builder.index.manifest import BLOCKS_FILE, FAISS_FILE, MANIFEST, IndexMismatchError, Manifest, file_entries
 from index_builder.index.rw_lock import ReadWriteLock
 from tokenization.storage import atomic_directory, recover_directory
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRAIN_SIZE = 100_000
+LEXICAL_BATCH = 8192  # blocks tokenized at a time when building a lexical part
 
 
 class BlockIndex:
     """Searchable blocks: `search(query_embeddings, k) -> (scores, block_ids)` and `get_blocks(block_ids)`.
 
     Build with `from_arrays` (in memory), `build` (streamed to a directory), `from_realm_checkpoint` (google's
-    open-QA checkpoints) or `realm-build-index`; reload with `load_from_disk` or `from_pretrained`.
+    open-QA checkpoints) or `realm-build-index`; reload with `load_from_disk` or `from_pretrained`. With a lexical part
+    (`add_lexical`: BM25 over the blocks' texts) it also searches by text, alone or fused with the dense scores.
     """
 
-    def __init__(self, blocks: datasets.Dataset, faiss_index, manifest: Manifest, directory: Path | None = None):
+    def __init__(self, blocks: datasets.Dataset, faiss_index, manifest: Manifest, directory: Path | None = None,
+                 lexical: LexicalIndex | None = None):
         self.blocks = blocks
         self.faiss_index = faiss_index
         self.manifest = manifest
         self.directory = directory
+        self.lexical = lexical
         self._texts = blocks.select_columns(TEXT_COLUMNS)
         self._sorted_ids = None
         self._file_rows = _file_rows(blocks, directory)
@@ -55,7 +70,7 @@ class BlockIndex:
     @classmethod
     def from_arrays(cls, embeddings, texts, titles=None, doc_ids=None, factory: str = "Flat", embedder=None,
                     embedder_name: str | None = None, train_size: int = DEFAULT_TRAIN_SIZE,
-                    search_params: dict | None = None, progress: bool = True) -> "BlockIndex":
+                    search_params: dict | None = None, progress: bool = True, lexical=None) -> "BlockIndex":
         """An in-memory index of `embeddings` `[n, d]` and their `texts` (block ids 0..n-1).
 
         Args:
@@ -66,6 +81,8 @@ class BlockIndex:
             search_params: query-time knobs kept with the index, e.g. {"nprobe": 16}, {"efSearch": 128} or
                 {"rerank": 25} (re-score 25 * k candidates with the exact stored embeddings). Defaults:
                 nprobe=min(nlist, 32) for IVF, efSearch=128 for HNSW, rerank=25 for PQ.
+            lexical: also index the blocks' titles and texts for lexical (BM25) and hybrid search: "bm25" or a
+                `LexicalSettings` (see `add_lexical`); None (default) for a dense index only.
         """
         embeddings = _as_matrix(embeddings, "embeddings")
         n = embeddings.shape[0]
@@ -78,16 +95,21 @@ class BlockIndex:
         index = _build_faiss(factory, embeddings, block_ids, train_size, progress)
         manifest = _new_manifest(index, factory, embedder, embedder_name, search_params)
         faiss_utils.set_search_params(index, manifest.search_params)
-        return cls(datasets.Dataset(table), index, manifest)
+        built = cls(datasets.Dataset(table), index, manifest)
+        settings = _lexical_settings(lexical)
+        return built if settings is None else built.add_lexical(settings, progress=progress)
 
     @classmethod
     def build(cls, blocks: datasets.Dataset, embeddings, directory, factory: str = "Flat", embedder=None,
               embedder_name: str | None = None, train_size: int = DEFAULT_TRAIN_SIZE,
-              search_params: dict | None = None, overwrite: bool = False, progress: bool = True) -> "BlockIndex":
+              search_params: dict | None = None, overwrite: bool = False, progress: bool = True,
+              lexical=None) -> "BlockIndex":
         """Stream `blocks` (block_id, doc_id, title, text) and their `embeddings` `[n, d]` into `directory`.
 
-        Nothing is held in RAM beyond one batch and the FAISS index itself; the directory appears only complete.
+        Nothing is held in RAM beyond one batch and the FAISS index itself (and, with `lexical`, the term counts of
+        the lexical part while it is built); the directory appears only complete. `lexical`: as in `from_arrays`.
         """
+        settings = _lexical_settings(lexical)
         if len(blocks) != len(embeddings):
             raise ValueError(f"{len(blocks)} blocks but {len(embeddings)} embeddings; they must match row for row.")
         _require_rows(len(blocks))
@@ -99,6 +121,10 @@ class BlockIndex:
             index = _build_faiss(factory, embeddings_of(written), block_ids, train_size, progress)
             manifest = _new_manifest(index, factory, embedder, embedder_name, search_params)
             manifest.contiguous_ids = bool(np.array_equal(block_ids, np.arange(len(block_ids))))
+            if settings is not None:
+                part = lexical_part(written, settings, progress)
+                part.save(staging / LEXICAL_DIR)
+                manifest.lexical, manifest.blocks_digest = part.record(), part.blocks_digest
             _write_index_files(staging, index, manifest)
         return cls.load_from_disk(directory, verify=False)
 
@@ -125,39 +151,69 @@ class BlockIndex:
         it for itself."""
         return self._lock.reading()
 
-    def search(self, query_embeddings, k: int, **search_params):
-        """Top-`k` blocks for each query.
+    @property
+    def has_lexical(self) -> bool:
+        """Whether the index has a lexical part (BM25), so that it can search by text."""
+        return self.lexical is not None
+
+    def search(self, query_embeddings=None, k: int | None = None, *, query_texts=None, mode: str | None = None,
+               fusion: str = "rrf", weight: float = DEFAULT_WEIGHT, depth: int | None = None, **search_params):
+        """Top-`k` blocks for each query, by embedding (dense), by text (lexical) or both (hybrid).
 
         Args:
             query_embeddings: `[batch, dimension]` float32 numpy array or torch tensor (detached for you).
             k: blocks per query, 1 <= k <= len(index).
+            query_texts: the queries' texts `[batch]`, for the lexical side.
+            mode: "dense", "lexical" or "hybrid"; None: hybrid when the index has a lexical part and both embeddings
+                and texts are given, lexical with texts alone, dense otherwise.
+            fusion, weight, depth: hybrid only; how the sides are fused ("rrf" or "interpolation", with `weight` the
+                dense side's share in [0, 1]) and how many candidates each side gives (default max(k, 20)); see
+                index_builder/index/fusion.py.
             **search_params: FAISS knobs for this call only, e.g. nprobe=32 (such a call runs alone, as an edit
                 does; set them once with `set_search_params` when several threads search).
         Returns:
             scores `[batch, k]` float32 and block_ids `[batch, k]` int64, best first; never FAISS's -1 padding
-            (queries an approximate index cannot fill are completed by an exhaustive search).
+            (queries an approximate index cannot fill are completed by an exhaustive search). The scores are inner
+            products (dense), BM25 scores (lexical) or fused scores (hybrid).
         """
-        queries = self._check_queries(query_embeddings)
+        mode = resolve_mode(mode, self.has_lexical, query_embeddings is not None, query_texts is not None)
+        queries = None if mode == "lexical" else self._check_queries(query_embeddings)
+        texts = None if mode == "dense" else check_query_texts(query_texts, None if queries is None else len(queries))
+        if mode == "hybrid":
+            check_fusion(fusion, weight)
         if search_params:
             with self._lock.writing():
-                k = self._check_k(k)
                 previous = dict(self.manifest.search_params)
                 faiss_utils.set_search_params(self.faiss_index, search_params)
                 try:
-                    return self._search(queries, k)
+                    return self._search_mode(mode, queries, texts, self._check_k(k), fusion, weight, depth)
                 finally:
                     faiss_utils.set_search_params(self.faiss_index, previous or _reset_params(search_params))
         with self._lock.reading():
-            return self._search(queries, self._check_k(k))
+            return self._search_mode(mode, queries, texts, self._check_k(k), fusion, weight, depth)
 
-    def _search(self, queries: np.ndarray, k: int):
+    def _search_mode(self, mode, queries, texts, k, fusion, weight, depth):
+        if mode == "dense":
+            return self._search(queries, k)
+        if mode == "lexical":
+            scores, rows = self.lexical.search(texts, k)
+            return scores, self._ids_of_rows(rows)
+        width = hybrid_depth(k, depth, len(self))
+        dense_scores, dense_ids = self._search(queries, width, rerank_for=k)
+        found = self.lexical.candidates(texts, width)
+        return fuse(dense_scores, dense_ids, [scores for scores, _ in found],
+                    [self._ids_of_rows(rows) for _, rows in found], k, fusion, weight)
+
+    def _search(self, queries: np.ndarray, k: int, rerank_for: int | None = None):
+        """Dense top-k; with a `rerank` search parameter, k * rerank candidates are re-scored exactly, or
+        `rerank_for` * rerank when given (a hybrid search takes a deeper list for the cost of a top-`rerank_for`)."""
         flat = faiss_utils.flat_views(self.faiss_index) if len(queries) >= faiss_utils.SMALL_BATCH else None
         if flat is not None:  # exact index, batch of queries: torch's matrix product beats FAISS's scan 3x
             vectors, ids = flat
             scores, rows = gemm_top_k(queries, vectors, k)
             return scores, ids[rows]
         rerank = self.manifest.search_params.get(faiss_utils.RERANK, 0)
-        candidates = min(len(self), k * rerank) if rerank > 1 else k
+        candidates = min(len(self), max(k, (rerank_for or k) * rerank)) if rerank > 1 else k
         with faiss_utils.threads_for(len(queries)):
             scores, ids = self.faiss_index.search(queries, candidates)
         incomplete = (ids < 0).any(axis=1)
@@ -188,6 +244,44 @@ class BlockIndex:
         with self._lock.writing():
             faiss_utils.set_search_params(self.faiss_index, search_params)
             self.manifest.search_params.update(search_params)
+
+    # ----------------------------------------------------------------- lexical part
+    def add_lexical(self, settings: LexicalSettings | None = None, save: bool = False, progress: bool = True,
+                    **setting_values) -> "BlockIndex":
+        """Give the index a lexical part: BM25 over every block's title and text (replacing any it had), without
+        re-encoding anything. Returns the index.
+
+        Args:
+            settings: a `LexicalSettings`, or its fields as keyword arguments (k1, b, stopwords, stemmer, lowercase).
+            save: also write the lexical part into the index's directory at once (the blocks and FAISS files are
+                left as they are; the manifest is rewritten last); otherwise `save_to_disk` writes it.
+        """
+        settings = settings if settings is not None else LexicalSettings(**setting_values)
+        with self._lock.writing():
+            self._set_lexical(self._build_lexical(settings, progress))
+            if save:
+                self._save_lexical()
+        return self
+
+    def _build_lexical(self, settings: LexicalSettings, progress: bool) -> LexicalIndex:
+        return lexical_part(self.blocks, settings, progress)
+
+    def _set_lexical(self, lexical: LexicalIndex | None):
+        self.lexical = lexical
+        self.manifest.lexical = None if lexical is None else lexical.record()
+        self.manifest.blocks_digest = None if lexical is None else lexical.blocks_digest
+
+    def _save_lexical(self):
+        """Write the lexical part into `self.directory` in place of any earlier one, then the manifest."""
+        if self.directory is None:
+            raise ValueError("save=True writes into the index's directory, and this index has none yet: call "
+                             "save_to_disk(directory) instead.")
+        directory = Path(self.directory)
+        with atomic_directory(directory / LEXICAL_DIR, overwrite=True) as staging:
+            self.lexical.save(staging)
+        self.manifest.files.update(file_entries(directory, LEXICAL_FILES))  # blocks.arrow is not hashed again
+        self.manifest.write(directory)
+        self.lexical = LexicalIndex.load(directory, self.manifest.lexical)
 
     # ----------------------------------------------------------------- blocks
     def get_blocks(self, block_ids):
@@ -233,6 +327,7 @@ class BlockIndex:
                                                                         embeddings)]))
         self._replace_blocks(datasets.concatenate_datasets([self.blocks, new_rows]))
         self.manifest.num_blocks = len(self)
+        self._rebuild_lexical()
         return block_ids
 
     def remove(self, block_ids) -> int:
@@ -249,7 +344,14 @@ class BlockIndex:
         self._replace_blocks(self.blocks.select(np.flatnonzero(keep)).flatten_indices(keep_in_memory=True))
         self.manifest.num_blocks = len(self)
         self.manifest.contiguous_ids = False
+        self._rebuild_lexical()
         return int(removed)
+
+    def _rebuild_lexical(self):
+        """BM25 weights depend on every block (document frequencies, average length): an edit rebuilds them."""
+        if self.lexical is not None:
+            logger.info("Rebuilding the lexical part over the %d blocks after the edit", len(self.blocks))
+            self._set_lexical(self._build_lexical(self.lexical.settings, progress=False))
 
     # ----------------------------------------------------------------- persistence
     def save_to_disk(self, directory, overwrite: bool = True) -> Path:
@@ -261,8 +363,12 @@ class BlockIndex:
         directory = Path(directory)
         with self._lock.reading(), atomic_directory(directory, overwrite=_may_replace(directory, overwrite)) as staging:
             write_blocks(staging / BLOCKS_FILE, self.dimension, batches_of(self.blocks))
+            if self.lexical is not None:
+                self.lexical.save(staging / LEXICAL_DIR)
             _write_index_files(staging, self.faiss_index, self.manifest)
         self.directory = directory
+        if self.lexical is not None:  # serve the saved copy, memory-mapped
+            self.lexical = LexicalIndex.load(directory, self.manifest.lexical)
         return directory
 
     @classmethod
@@ -289,8 +395,14 @@ class BlockIndex:
         blocks = open_blocks(directory / BLOCKS_FILE)
         index = faiss_utils.read(directory / FAISS_FILE)
         _check_consistency(directory, manifest, blocks, index)
+        lexical = None
+        if manifest.lexical is not None:
+            lexical = LexicalIndex.load(directory, manifest.lexical, trusted_root)
+            if verify and blocks_digest(blocks) != manifest.blocks_digest:
+                raise IndexMismatchError(f"The lexical part of {directory} was built over other blocks than "
+                                         f"{BLOCKS_FILE} holds; rebuild it (add_lexical) or re-download the index.")
         faiss_utils.set_search_params(index, manifest.search_params)
-        return cls(blocks, index, manifest, directory)
+        return cls(blocks, index, manifest, directory, lexical)
 
     # ----------------------------------------------------------------- compatibility
     def check_compatible(self, model, warn: bool = True) -> bool:
@@ -344,6 +456,10 @@ class BlockIndex:
             self._sorted_ids = np.asarray(self.blocks.data.column("block_id").to_numpy(), dtype=np.int64)
         return self._sorted_ids
 
+    def _ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Block ids of row numbers `[...]`."""
+        return rows if self.manifest.contiguous_ids else self._block_id_column()[rows]
+
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Row numbers of block ids (block ids are kept in increasing order)."""
         if self.manifest.contiguous_ids:
@@ -380,6 +496,30 @@ class BlockIndex:
         from index_builder.google_checkpoint import index_from_realm_checkpoint
 
         return index_from_realm_checkpoint(cls, path_or_repo, allow_pickle=allow_pickle, **kwargs)
+
+
+def lexical_part(blocks: datasets.Dataset, settings: LexicalSettings, progress: bool) -> LexicalIndex:
+    """BM25 over the title and text of every row of `blocks`, tagged with their digest."""
+    texts = (_joined(batch) for batch in
+             blocks.select_columns(["title", "text"]).with_format("arrow").iter(batch_size=LEXICAL_BATCH))
+    return LexicalIndex.build(texts, len(blocks), settings, blocks_digest(blocks), progress=progress)
+
+
+def _joined(batch: pa.Table) -> pa.Array:
+    """What the lexical part indexes of each block: its title and its text, `[rows]` strings."""
+    title, text = (pc.fill_null(batch.column(name).combine_chunks(), "") for name in ("title", "text"))
+    return pc.binary_join_element_wise(title, text, " ")
+
+
+def _lexical_settings(lexical) -> LexicalSettings | None:
+    """`lexical` of the constructors: None, "bm25" (default settings), a LexicalSettings or a dict of its fields."""
+    if lexical is None or isinstance(lexical, LexicalSettings):
+        return lexical
+    if lexical == "bm25":
+        return LexicalSettings()
+    if isinstance(lexical, dict):
+        return LexicalSettings(**lexical)
+    raise ValueError(f"lexical must be None, 'bm25', a LexicalSettings or a dict of its fields, got {lexical!r}.")
 
 
 def _file_rows(blocks: datasets.Dataset, directory: Path | None) -> FileRows | None:
@@ -459,7 +599,7 @@ def _block_batches(blocks: datasets.Dataset, embeddings, size: int = 65536):
 def _write_index_files(directory: Path, index, manifest: Manifest):
     faiss_utils.write(index, directory / FAISS_FILE)
     manifest.num_blocks = int(index.ntotal)
-    manifest.record_files(directory, [BLOCKS_FILE, FAISS_FILE])
+    manifest.record_files(directory, [BLOCKS_FILE, FAISS_FILE] + (LEXICAL_FILES if manifest.lexical else []))
     manifest.write(directory)
 
 

@@ -10,9 +10,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
 
 TEXT_COLUMNS = ["block_id", "doc_id", "title", "text"]
 WRITE_BATCH = 65536
+DIGEST_BATCH = 65536  # blocks per Arrow batch when hashing every block's title and text
 
 
 def block_schema(dimension: int) -> pa.Schema:
@@ -107,3 +110,27 @@ class ArrowEmbeddings:
 def embeddings_of(dataset: datasets.Dataset) -> ArrowEmbeddings:
     """The embeddings column of a blocks dataset without copying it (no row selection may be active)."""
     return ArrowEmbeddings(dataset.data.column("embeddings"))
+
+
+def blocks_digest(blocks) -> str:
+    """xxh3-128 of every block's title and text, in order (the Arrow bytes of both columns, batch by batch): a
+    resumed encoding is reused, and a lexical part served, only for exactly the same blocks."""
+    digest = xxhash.xxh3_128()
+    digest.update(str(len(blocks)).encode())
+    for batch in blocks.select_columns(["title", "text"]).with_format("arrow").iter(batch_size=DIGEST_BATCH):
+        for name in ("title", "text"):
+            offsets, data = _string_bytes(batch[name])
+            digest.update(offsets)
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def _string_bytes(column) -> tuple[bytes, memoryview]:
+    """The offsets (from 0, int64) and the UTF-8 bytes of a string column, nulls read as empty strings."""
+    array = pa.concat_arrays(column.chunks) if isinstance(column, pa.ChunkedArray) else column
+    array = pc.fill_null(array.cast(pa.large_string()), "")
+    # [len + 1]
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset:array.offset + len(array) + 1]
+    data = array.buffers()[2]
+    start, stop = int(offsets[0]), int(offsets[-1])
+    return (offsets - start).tobytes(), memoryview(b"") if data is None else memoryview(data)[start:stop]

@@ -3,7 +3,8 @@
 An index directory, a Hub repo and their manifests are untrusted input (SECURITY.md). A manifest is read only from a
 regular file of at most `MAX_MANIFEST_BYTES`; its structure and every field's type are checked with one error that
 lists what is wrong; it may name only the files its layout defines (`blocks.arrow` and `index.faiss` on disk;
-`index.faiss` and `data/<name>.parquet` shards in the Hub layout), all of them present; and each file must be a
+`index.faiss` and `data/<name>.parquet` shards in the Hub layout; the four `bm25/` files of a lexical part, which must
+describe the same blocks), all of them present; and each file must be a
 regular file inside the directory (or, for a Hub snapshot, a link into its repo's blob store) before a byte of it is
 read.
 """
@@ -20,13 +21,17 @@ from pathlib import Path
 from tokenization.storage import atomic_write_bytes, file_checksum
 
 FORMAT_VERSION = 1
+LEXICAL_FORMAT_VERSION = 2  # written by an index with a lexical part, which readers of version 1 cannot serve
+READABLE_VERSIONS = (FORMAT_VERSION, LEXICAL_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 BLOCKS_FILE = "blocks.arrow"
 FAISS_FILE = "index.faiss"
+LEXICAL_FILES = ["bm25/terms.arrow", "bm25/indptr.npy", "bm25/rows.npy", "bm25/weights.npy"]  # see lexical.py
 HUB_LAYOUT = "hub-parquet"
 HUB_SHARD = re.compile(r"^data/[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.parquet$")
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest of a 13M-block index in 10,000 shards is ~2 MB
 CHECKSUM = re.compile(r"^[0-9a-f]{16}$")
+DIGEST = re.compile(r"^[0-9a-f]{32}$")
 
 
 class IndexMismatchError(ValueError):
@@ -48,11 +53,14 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     layout: str | None = None  # HUB_LAYOUT for a Hub repo (parquet shards), None for a save_to_disk directory
     shards: list | None = None  # the parquet shards of the Hub layout, in row order
+    lexical: dict | None = None  # the lexical part (lexical.LexicalIndex.record()), when the index has one
+    blocks_digest: str | None = None  # xxh3-128 of the blocks' titles and texts (blocks_table.blocks_digest)
 
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)
         fields["embedder"] = {"name": fields.pop("embedder_name"), "fingerprint": fields.pop("embedder_fingerprint")}
-        for name in ("layout", "shards"):
+        fields["format_version"] = LEXICAL_FORMAT_VERSION if self.lexical is not None else FORMAT_VERSION
+        for name in ("layout", "shards", "lexical", "blocks_digest"):
             if fields[name] is None:
                 del fields[name]
         return json.dumps(fields, indent=2, sort_keys=True) + "\n"
@@ -69,21 +77,20 @@ class Manifest:
             raise IndexMismatchError(f"{source} holds a JSON {type(fields).__name__}, not an object; rebuild or "
                                      "re-download the index.")
         version = fields.get("format_version")
-        if version != FORMAT_VERSION or isinstance(version, bool):
-            raise IndexMismatchError(f"{source} has format_version {version!r}; this package reads version "
-                                     f"{FORMAT_VERSION}. Rebuild the index with this version of realm-hf.")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise IndexMismatchError(f"{source} has format_version {version!r}; this package reads versions "
+                                     f"{list(READABLE_VERSIONS)}. Rebuild the index with this version of realm-hf.")
         problems = field_problems(fields)
         if problems:
             raise IndexMismatchError(f"{source} is not a valid BlockIndex manifest: " + "; ".join(problems[:10]) +
                                      ". Rebuild or re-download the index.")
         embedder = fields.pop("embedder", None) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"format_version"}
         return cls(**{k: v for k, v in fields.items() if k in known}, embedder_name=embedder.get("name"),
                    embedder_fingerprint=embedder.get("fingerprint"))
 
     def record_files(self, directory: Path, names):
-        self.files = {name: {"bytes": (directory / name).stat().st_size, "xxh3_64": file_checksum(directory / name)}
-                      for name in names}
+        self.files = file_entries(directory, names)
 
     def write(self, directory: Path):
         atomic_write_bytes(directory / MANIFEST, self.to_json().encode())
@@ -115,6 +122,12 @@ class Manifest:
                                          "Rebuild or re-download the index.")
 
 
+def file_entries(directory: Path, names) -> dict:
+    """The manifest entries (size and xxh3-64) of files under `directory`."""
+    return {name: {"bytes": (Path(directory) / name).stat().st_size, "xxh3_64": file_checksum(Path(directory) / name)}
+            for name in names}
+
+
 def listed_file(directory: Path, name: str, trusted_root: Path | None = None) -> Path:
     """`directory / name` once it is known to be a regular file that resolves inside `trusted_root` (default:
     `directory`); IndexMismatchError otherwise. `name` must already have passed `field_problems`."""
@@ -142,14 +155,41 @@ def field_problems(fields: dict) -> list[str]:
         elif not check(fields[name]):
             problems.append(f"{name!r} is {_shown(fields[name])}, expected {meaning}")
     if not problems:
-        problems += file_name_problems(fields["files"], fields.get("layout"), fields.get("shards"))
+        problems += lexical_problems(fields)
+    if not problems:
+        lexical = set(LEXICAL_FILES) if fields.get("lexical") is not None else set()
+        problems += file_name_problems(fields["files"], fields.get("layout"), fields.get("shards"), lexical)
     return problems
 
 
-def file_name_problems(files: dict, layout, shards) -> list[str]:
-    """The files a manifest lists must be exactly those its layout defines, with well-formed sizes and checksums."""
+def lexical_problems(fields: dict) -> list[str]:
+    """A lexical part must describe these blocks: the same number, and the digest of their texts."""
+    lexical = fields.get("lexical")
+    if lexical is None:
+        return []
+    problems = [f"lexical[{name!r}] is {_shown(lexical.get(name))}, expected {meaning}"
+                for name, check, meaning in LEXICAL_CHECKS if not check(lexical.get(name))]
+    if problems:
+        return problems
+    if (fields.get("format_version") or 0) < LEXICAL_FORMAT_VERSION:
+        problems.append(f"an index with a lexical part has format_version {LEXICAL_FORMAT_VERSION}")
+    if lexical["num_blocks"] != fields["num_blocks"]:
+        problems.append(f"the lexical part covers {lexical['num_blocks']} blocks, the index {fields['num_blocks']}")
+    if lexical["blocks_digest"] != fields.get("blocks_digest"):
+        problems.append("the lexical part was built over other blocks than the index holds (its blocks_digest "
+                        f"{lexical['blocks_digest']!r} differs from the index's {fields.get('blocks_digest')!r})")
+    return problems
+
+
+def file_name_problems(files: dict, layout, shards, lexical: set = frozenset()) -> list[str]:
+    """The files a manifest lists must be exactly those its layout defines (and its lexical part, if it has one),
+    with well-formed sizes and checksums."""
     problems = [f"files[{name!r}] is {_shown(entry)}, expected {{'bytes': int >= 0, 'xxh3_64': 16 hex digits}}"
                 for name, entry in files.items() if not _is_file_entry(entry)]
+    missing = sorted(lexical - set(files))
+    if missing:
+        problems.append(f"the lexical part's files {missing} are not listed")
+    files = {name: entry for name, entry in files.items() if name not in lexical}
     if layout is None:
         expected = {BLOCKS_FILE, FAISS_FILE}
         if set(files) != expected:
@@ -208,4 +248,18 @@ FIELD_CHECKS = [  # (field, check, what it must be)
     ("files", lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "an object of files"),
     ("layout", lambda v: v == HUB_LAYOUT, repr(HUB_LAYOUT)),
     ("shards", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of file names"),
+    ("lexical", lambda v: isinstance(v, dict), "an object describing the lexical part"),
+    ("blocks_digest", lambda v: isinstance(v, str) and DIGEST.match(v) is not None, "32 hex digits"),
+]
+LEXICAL_CHECKS = [  # (field of the lexical part, check, what it must be); values are checked again when loaded
+    ("method", lambda v: v == "bm25", "'bm25'"),
+    ("k1", _is_param, "a number"),
+    ("b", _is_param, "a number"),
+    ("stopwords", lambda v: v is None or (isinstance(v, str) and len(v) <= 40), "null or a language name"),
+    ("stemmer", lambda v: v is None or (isinstance(v, str) and len(v) <= 40), "null or a stemmer name"),
+    ("lowercase", lambda v: isinstance(v, bool), "true or false"),
+    ("num_blocks", _is_count, "an integer >= 0"),
+    ("num_terms", lambda v: _is_count(v, 1), "an integer >= 1"),
+    ("num_postings", lambda v: _is_count(v, 1), "an integer >= 1"),
+    ("blocks_digest", lambda v: isinstance(v, str) and DIGEST.match(v) is not None, "32 hex digits"),
 ]

@@ -41,6 +41,16 @@ import torch.distributed as dist
 import index_builder.index.faiss_utils as faiss_utils
 from index_builder.index.block_index import DEFAULT_TRAIN_SIZE, BlockIndex
 from index_builder.index.blocks_table import embeddings_of, open_blocks
+from index_builder.index.fusion import (
+    DEFAULT_WEIGHT,
+    MODES,
+    check_fusion,
+    check_query_texts,
+    fuse,
+    hybrid_depth,
+    resolve_mode,
+)
+from index_builder.index.lexical import LexicalIndex
 from index_builder.index.manifest import BLOCKS_FILE, IndexMismatchError, Manifest
 from tokenization.storage import recover_directory
 
@@ -59,7 +69,8 @@ class ShardedBlockIndex:
         group: the process group (default: torch.distributed's default group when initialised).
     """
 
-    def __init__(self, local_index: BlockIndex, block_id_offset: int = 0, group=None):
+    def __init__(self, local_index: BlockIndex, block_id_offset: int = 0, group=None,
+                 lexical: LexicalIndex | None = None, lexical_block_ids=None):
         if not isinstance(local_index, BlockIndex):
             raise TypeError(f"local_index must be a BlockIndex, got {type(local_index).__name__}.")
         if len(local_index) == 0:
@@ -67,6 +78,8 @@ class ShardedBlockIndex:
         self.local_index = local_index
         self.block_id_offset = int(block_id_offset)
         self.group = group
+        self.lexical = lexical  # every slice's: the saved index's global lexical part, memory-mapped on each rank
+        self._lexical_block_ids = lexical_block_ids  # its rows' global block ids (None: the row numbers)
         self.rank, self.world_size = process_info(group)
         self.device = _device_for(group) if self.world_size > 1 else torch.device("cpu")
         ids = local_index.blocks.data.column("block_id").to_numpy()
@@ -125,7 +138,11 @@ class ShardedBlockIndex:
                                      f"{manifest.num_blocks}; rebuild or re-download the index.")
         start, stop = slice_bounds(len(blocks), rank, world_size)
         local = _index_of_rows(blocks.select(range(start, stop)), manifest, factory, search_params, progress)
-        sharded = cls(local, group=group)
+        lexical, ids = None, None
+        if manifest.lexical is not None:
+            lexical = LexicalIndex.load(directory, manifest.lexical)
+            ids = None if manifest.contiguous_ids else np.asarray(blocks.data.column("block_id").to_numpy(), np.int64)
+        sharded = cls(local, group=group, lexical=lexical, lexical_block_ids=ids)
         if sum(sharded.slice_sizes) != manifest.num_blocks:
             raise ValueError(f"The slices hold {sum(sharded.slice_sizes)} blocks but {directory} has "
                              f"{manifest.num_blocks}: pass the same rank/world_size as torch.distributed (or none).")
@@ -153,30 +170,67 @@ class ShardedBlockIndex:
         return self.local_index.check_compatible(model, warn=warn)
 
     # ----------------------------------------------------------------- search
-    def search(self, query_embeddings, k: int, **search_params):
-        """Collective: global top-`k` blocks for this rank's queries `[batch, dimension]`, searched in every slice.
+    @property
+    def has_lexical(self) -> bool:
+        return self.lexical is not None
 
-        Returns scores `[batch, k]` float32 and global block_ids `[batch, k]` int64, best first; equal scores are
-        ordered by block id. `search_params` (nprobe, efSearch, ...) apply to every slice's search.
+    def search(self, query_embeddings=None, k: int | None = None, *, query_texts=None, mode: str | None = None,
+               fusion: str = "rrf", weight: float = DEFAULT_WEIGHT, depth: int | None = None, **search_params):
+        """Collective: global top-`k` blocks for this rank's queries, searched in every slice (as
+        `BlockIndex.search`: by embedding, by text or both; every rank must use the same k and mode).
+
+        Returns scores `[batch, k]` float32 and global block_ids `[batch, k]` int64, best first; equal dense scores
+        are ordered by block id. `search_params` (nprobe, efSearch, ...) apply to every slice's search. The lexical
+        part is global (loaded whole, memory-mapped, by `from_disk_slice`), so lexical results need no exchange;
+        hybrid fuses the dense candidates of every slice with it.
         """
-        queries, error = _attempt(self.local_index._check_queries, query_embeddings)
+        request = (query_embeddings, query_texts, mode, fusion, weight)
+        (mode, queries, texts), error = _attempt(self._check_request, request, failed=(None, None, None))
         k_ok = not isinstance(k, bool) and isinstance(k, (int, np.integer)) and k >= 1
         if error is None and not k_ok:
             error = ValueError(f"k must be a positive integer, got {k!r}.")
-        batch = 0 if error is not None else len(queries)
-        # [W, 3]: failed, batch size, k of every rank
-        meta = self._all_gather_ints([error is not None, batch, int(k) if k_ok else 0])
+        batch = 0 if error is not None or queries is None else len(queries)
+        # [W, 4]: failed, batch size, k, mode of every rank
+        meta = self._all_gather_ints([error is not None, batch, int(k) if k_ok else 0, MODES.index(mode or "dense")])
         self._raise_if_any_failed(meta[:, 0], error, "search")
         k = int(k)
-        if (meta[:, 2] != k).any():
-            raise ValueError(f"Every rank must search with the same k; got k={meta[:, 2].tolist()} by rank.")
+        if (meta[:, 2] != k).any() or (meta[:, 3] != meta[0, 3]).any():
+            raise ValueError(f"Every rank must search with the same k and mode; got k={meta[:, 2].tolist()}, modes "
+                             f"{[MODES[m] for m in meta[:, 3]]} by rank.")
         if k > len(self):
             raise ValueError(f"k={k} exceeds the {len(self)} blocks in the index; ask for at most {len(self)}.")
+        if mode == "lexical":
+            scores, rows = self.lexical.search(texts, k)
+            return scores, self._lexical_ids(rows)
+        width = k if mode == "dense" else hybrid_depth(k, depth, len(self))
+        dense_scores, dense_ids = self._dense_search(queries, width, meta[:, 1], search_params)
+        if mode == "dense":
+            return dense_scores, dense_ids
+        found = self.lexical.candidates(texts, width)
+        return fuse(dense_scores, dense_ids, [scores for scores, _ in found],
+                    [self._lexical_ids(rows) for _, rows in found], k, fusion, weight)
+
+    def _check_request(self, request):
+        """(mode, queries `[b, d]` or None, texts or None) of a search, or the error to agree on."""
+        query_embeddings, query_texts, mode, fusion, weight = request
+        mode = resolve_mode(mode, self.has_lexical, query_embeddings is not None, query_texts is not None)
+        queries = None if mode == "lexical" else self.local_index._check_queries(query_embeddings)
+        texts = None if mode == "dense" else check_query_texts(query_texts, None if queries is None else len(queries))
+        if mode == "hybrid":
+            check_fusion(fusion, weight)
+        return mode, queries, texts
+
+    def _lexical_ids(self, rows: np.ndarray) -> np.ndarray:
+        return rows if self._lexical_block_ids is None else self._lexical_block_ids[rows]
+
+    def _dense_search(self, queries: np.ndarray, k: int, batches: np.ndarray, search_params: dict):
+        """Every rank's queries against every slice; the global top-k of this rank's (batches: `[W]` sizes)."""
+        batch = len(queries)
         # [sum of batches, d]: every rank's queries, in rank order
         all_queries = np.concatenate([_floats(blob, self.dimension) for blob in
                                       self._all_to_all_bytes([_bytes_of(queries)] * self.world_size)])
         scores, ids = self._search_slice(all_queries, k, search_params)
-        starts = np.concatenate([[0], np.cumsum(meta[:, 1])])
+        starts = np.concatenate([[0], np.cumsum(batches)])
         replies = [_bytes_of(scores[a:b], ids[a:b]) for a, b in zip(starts[:-1], starts[1:], strict=True)]
         received = self._all_to_all_bytes(replies)
         widths = [min(k, size) for size in self.slice_sizes]
@@ -358,12 +412,12 @@ def _device_for(group) -> torch.device:
     return torch.device("cpu")
 
 
-def _attempt(function, value):
-    """(function(value), None), or (None, the ValueError/TypeError/KeyError it raised) to be agreed on first."""
+def _attempt(function, value, failed=None):
+    """(function(value), None), or (`failed`, the ValueError/TypeError/KeyError it raised) to be agreed on first."""
     try:
         return function(value), None
     except (ValueError, TypeError, KeyError) as error:
-        return None, error
+        return failed, error
 
 
 def _bytes_of(*arrays) -> np.ndarray:

@@ -33,6 +33,9 @@ def parse_args(argv=None):
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow reading google's pickled block_records.npy when converting a checkpoint")
     parser.add_argument("--top-k", type=positive_int, default=1, help="answers per question (default 1)")
+    parser.add_argument("--retrieval", choices=["dense", "lexical", "hybrid"], default=None,
+                        help="how blocks are found: the question tower (dense), BM25 (lexical) or both fused (hybrid); "
+                             "default: hybrid when the index has a lexical part, else dense")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--rebuild-demo", action="store_true", help="rebuild the cached demo model and index")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
     questions = args.questions or defaults
     if not questions:
         raise SystemExit("Pass at least one question, e.g. realm-qa \"who wrote hamlet?\" --model ...")
-    results = model.answer(questions, top_k=args.top_k, batch_size=args.batch_size)
+    results = model.answer(questions, top_k=args.top_k, batch_size=args.batch_size, retrieval=args.retrieval)
     for question, answers in zip(questions, results, strict=True):
         answers = answers if isinstance(answers, list) else [answers]
         sys.stdout.write(format_answers(question, answers, as_json=args.json))

@@ -16,6 +16,8 @@ BlockIndex.load_from_disk (or realm-qa) reads.
 
 examples:
   realm-build-index docs.jsonl --output my-index
+  realm-build-index docs.jsonl --output my-index --lexical bm25     # also BM25, for lexical and hybrid search
+  realm-build-index --lexical bm25 --output my-index                # no corpus: add BM25 to an existing index
   realm-build-index docs.csv --output my-index --text-field body --title-field heading --factory IVF1024,PQ32
   accelerate launch --num_processes 4 -m modeling_realm.apps.build_index docs.parquet --output my-index \
       --mixed-precision bf16
@@ -30,7 +32,9 @@ the same command is run again (the finished embeddings wait in a hidden folder n
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="realm-build-index", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", help="corpus file, saved datasets directory, or Hub dataset id")
+    parser.add_argument("corpus", nargs="?", default=None,
+                        help="corpus file, saved datasets directory, or Hub dataset id (leave it out with --lexical to "
+                             "add a lexical part to the existing index at --output)")
     parser.add_argument("--output", "-o", required=True, help="directory to write the index to")
     parser.add_argument("--model", default=None,
                         help="REALM retriever/scorer/embedder or BERT checkpoint (Hub id or directory); "
@@ -57,16 +61,64 @@ def parse_args(argv=None):
     encoding.add_argument("--chunk-size", type=positive_int, default=8192, help="blocks per resumable chunk")
     encoding.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     encoding.add_argument("--cpu", action="store_true", help="encode on CPU even when a GPU is present")
+    lexical = parser.add_argument_group("lexical part (BM25, for lexical and hybrid search)")
+    lexical.add_argument("--lexical", choices=["bm25"], default=None,
+                         help="also index the blocks' titles and texts with BM25 (without a corpus: add it to the "
+                              "index at --output, nothing is re-encoded)")
+    lexical.add_argument("--stopwords", default="en", help="stop-word list: a language such as en, de, fr, or none")
+    lexical.add_argument("--stemmer", default=None, help="PyStemmer algorithm, e.g. english (pip install PyStemmer)")
+    lexical.add_argument("--bm25-k1", type=float, default=1.5, help="BM25 term-frequency saturation (default 1.5)")
+    lexical.add_argument("--bm25-b", type=float, default=0.75, help="BM25 length normalisation in [0, 1] "
+                                                                    "(default 0.75)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing index at --output")
     parser.add_argument("--keep-embeddings", action="store_true", help="keep the chunk files after building")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.max_length is not None and args.max_length < 8:
         parser.error(f"--max-length must be >= 8 ([CLS], [SEP] and some text), got {args.max_length}.")
-    check_output(args.output, args.overwrite)
+    args.lexical_settings = lexical_settings(args, parser)
+    if args.corpus is None:
+        if args.lexical is None:
+            parser.error("pass a corpus to index (or, with --lexical bm25 and no corpus, an existing --output index "
+                         "to add a lexical part to).")
+        check_existing_index(args.output, parser)
+    else:
+        check_output(args.output, args.overwrite)
     args.search_params = dict(args.search_param)
     args.parser = parser
     return args
+
+
+def lexical_settings(args, parser):
+    """The LexicalSettings of --lexical and its options (None without --lexical), checked before any work."""
+    if args.lexical is None:
+        return None
+    from index_builder.index.lexical import LexicalSettings
+
+    stopwords = None if args.stopwords.lower() == "none" else args.stopwords
+    try:
+        return LexicalSettings(k1=args.bm25_k1, b=args.bm25_b, stopwords=stopwords, stemmer=args.stemmer)
+    except ValueError as error:
+        parser.error(f"--lexical options: {error}")
+
+
+def check_existing_index(output: str, parser) -> None:
+    if not (Path(output) / "manifest.json").is_file():
+        parser.error(f"--output {output} is not an existing BlockIndex (no manifest.json); to add a lexical part, "
+                     "point --output at an index built before, or pass a corpus to build a new one.")
+
+
+def add_lexical_part(args) -> int:
+    """`realm-build-index --lexical bm25 --output DIR` without a corpus: BM25 added in place, nothing re-encoded."""
+    from index_builder.index.block_index import BlockIndex
+
+    started = time.perf_counter()
+    index = BlockIndex.load_from_disk(args.output, verify=False)
+    index.add_lexical(args.lexical_settings, save=True, progress=not args.quiet)
+    seconds = round(time.perf_counter() - started, 1)
+    summary = {"blocks": len(index), "lexical": index.manifest.lexical, "seconds": seconds, "output": str(args.output)}
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
 
 
 def check_model_settings(args, model) -> None:
@@ -90,6 +142,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.corpus is None:
+        return add_lexical_part(args)
     from accelerate import Accelerator
     from transformers import AutoTokenizer
 
@@ -110,11 +164,12 @@ def main(argv=None) -> int:
                         max_length=args.max_length, chunk_size=args.chunk_size, accelerator=accelerator,
                         mixed_precision=args.mixed_precision, embedder_name=args.model or "all-MiniLM-L6-v2 demo",
                         search_params=args.search_params, overwrite=args.overwrite,
-                        keep_embeddings=args.keep_embeddings, progress=not args.quiet)
+                        keep_embeddings=args.keep_embeddings, progress=not args.quiet, lexical=args.lexical_settings)
     if accelerator.is_main_process:
         summary = {"documents": len(corpus), "blocks": len(index), "dimension": index.dimension,
-                   "factory": index.factory, "seconds": round(time.perf_counter() - started, 1),
-                   "bytes_on_disk": sum(p.stat().st_size for p in Path(args.output).iterdir()),
+                   "factory": index.factory, "lexical": index.has_lexical,
+                   "seconds": round(time.perf_counter() - started, 1),
+                   "bytes_on_disk": sum(p.stat().st_size for p in Path(args.output).rglob("*") if p.is_file()),
                    "output": str(args.output)}
         sys.stdout.write(json.dumps(summary) + "\n")
     accelerator.end_training()  # ends the process group under `accelerate launch`, before the interpreter exits

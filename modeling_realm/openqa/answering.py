@@ -11,7 +11,7 @@ import torch
 
 from modeling_realm.models.pretrained import evaluation_mode
 from modeling_realm.models.spans import ranked_spans
-from modeling_realm.retrieval import RetrievedBlocks, check_index, retrieve_blocks
+from modeling_realm.retrieval import RetrievedBlocks, check_index, check_mode, retrieve_blocks
 from tokenization.reader_inputs import ReaderBatch, reader_inputs
 from tokenization.sentences import is_blank
 
@@ -45,21 +45,26 @@ def tokenize_questions(tokenizer, questions: list[str], config, device):
             if name in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def reader_blocks(model, question_embeddings: torch.Tensor, k: int) -> RetrievedBlocks:
+def reader_blocks(model, question_embeddings: torch.Tensor, k: int, questions: list[str] | None = None,
+                  retrieval: str | None = None) -> RetrievedBlocks:
     """Top-k blocks of the model's index (k capped at its size) for `[batch, dim]` question embeddings, with their
-    stored embeddings `[batch, k, dim]`."""
-    return retrieve_blocks(model.index, question_embeddings, min(k, len(model.index)), with_embeddings=True)
+    stored embeddings `[batch, k, dim]`. With the questions' texts an index with a lexical part retrieves in
+    `retrieval` mode (None: its default, hybrid); the reader's relevance scores stay the dense ones."""
+    return retrieve_blocks(model.index, question_embeddings, min(k, len(model.index)), with_embeddings=True,
+                           query_texts=questions, mode=retrieval)
 
 
-def answer_questions(model, tokenizer, questions: list[str], top_k: int = 1, batch_size: int = 8) -> list[list[dict]]:
+def answer_questions(model, tokenizer, questions: list[str], top_k: int = 1, batch_size: int = 8,
+                     retrieval: str | None = None) -> list[list[dict]]:
     """Per question, its `top_k` answers from the model's index, `batch_size` questions per forward pass."""
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}.")
     check_index(model.index, model.config.retriever_proj_size)
+    check_mode(model.index, retrieval)
     results = []
     with evaluation_mode(model):  # answers never depend on dropout, even right after training
         for start in range(0, len(questions), batch_size):
-            results.extend(answer_batch(model, tokenizer, questions[start:start + batch_size], top_k))
+            results.extend(answer_batch(model, tokenizer, questions[start:start + batch_size], top_k, retrieval))
     return results
 
 
@@ -105,13 +110,13 @@ def shortened_question(tokenizer, question: str, length: int) -> str:
 
 
 @torch.no_grad()
-def answer_batch(model, tokenizer, questions: list[str], top_k: int) -> list[list[dict]]:
+def answer_batch(model, tokenizer, questions: list[str], top_k: int, retrieval: str | None = None) -> list[list[dict]]:
     """Answers for a batch of questions: per question, the `top_k` best spans over its top reader_beam_size blocks."""
     config = model.config
     inputs = tokenize_questions(tokenizer, questions, config, model.device)
     # [batch, dim]
     question_embeddings = model.embed_questions(**inputs)
-    found = reader_blocks(model, question_embeddings, config.reader_beam_size)
+    found = reader_blocks(model, question_embeddings, config.reader_beam_size, questions, retrieval)
     texts = [[block["text"] for block in row] for row in found.blocks]
     with TOKENIZER_LOCK:
         batch = reader_inputs(tokenizer, questions, texts, config.reader_seq_len).to(model.device)

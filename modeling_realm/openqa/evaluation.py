@@ -11,12 +11,14 @@ from modeling_realm.models.pretrained import evaluation_mode
 from modeling_realm.openqa.answering import answer_batch, reader_blocks, tokenize_questions
 from modeling_realm.openqa.answers import exact_match, regex_match
 from modeling_realm.openqa.metrics import DEFAULT_KS, gold_block_recall, retrieval_recall
-from modeling_realm.retrieval import check_index
+from modeling_realm.retrieval import check_index, check_mode
 
 
 def evaluate_openqa(model, tokenizer, records: list[dict], match: str = "string", ks=DEFAULT_KS,
-                    batch_size: int = 8, progress: bool = True) -> tuple[dict, list[dict]]:
-    """Answer every record's question and score it.
+                    batch_size: int = 8, progress: bool = True,
+                    retrieval: str | None = None) -> tuple[dict, list[dict]]:
+    """Answer every record's question and score it, retrieving in `retrieval` mode ("dense", "lexical", "hybrid";
+    None: the index's default).
 
     Returns `(summary, predictions)`: summary has `count`, `exact_match` (percent), `answer_recall@k` and, when every
     record names a gold document, `gold_recall@k`; predictions has one dict per record (question, answers,
@@ -25,14 +27,15 @@ def evaluate_openqa(model, tokenizer, records: list[dict], match: str = "string"
     if not records:
         raise ValueError("No QA records to evaluate; check the QA file.")
     check_index(model.index, model.config.retriever_proj_size)
+    check_mode(model.index, retrieval)
     depth = min(max(ks), len(model.index))
     predictions, retrieved_texts, retrieved_docs = [], [], []
     with evaluation_mode(model):
         for start in tqdm(range(0, len(records), batch_size), desc="Evaluating", disable=not progress):
             batch = records[start:start + batch_size]
             questions = [record["question"] for record in batch]
-            answers = answer_batch(model, tokenizer, questions, top_k=1)
-            found = _retrieve_deep(model, tokenizer, questions, depth)
+            answers = answer_batch(model, tokenizer, questions, top_k=1, retrieval=retrieval)
+            found = _retrieve_deep(model, tokenizer, questions, depth, retrieval)
             for record, best, blocks in zip(batch, answers, found, strict=True):
                 retrieved_texts.append([block["text"] for block in blocks])
                 retrieved_docs.append([block["doc_id"] for block in blocks])
@@ -48,9 +51,9 @@ def evaluate_openqa(model, tokenizer, records: list[dict], match: str = "string"
 
 
 @torch.no_grad()
-def _retrieve_deep(model, tokenizer, questions: list[str], depth: int) -> list[list[dict]]:
+def _retrieve_deep(model, tokenizer, questions: list[str], depth: int, retrieval) -> list[list[dict]]:
     inputs = tokenize_questions(tokenizer, questions, model.config, model.device)
-    return reader_blocks(model, model.embed_questions(**inputs), depth).blocks
+    return reader_blocks(model, model.embed_questions(**inputs), depth, questions, retrieval).blocks
 
 
 def _prediction(record: dict, best: dict | None, doc_ids: list, match: str) -> dict:

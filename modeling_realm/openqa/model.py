@@ -46,13 +46,15 @@ class RealmForOpenQA(RealmPreTrainedModel):
 
     index = IndexSlot()  # the BlockIndex that answer() retrieves from (None until one is attached)
 
-    def answer(self, questions, top_k: int = 1, batch_size: int = 8):
+    def answer(self, questions, top_k: int = 1, batch_size: int = 8, retrieval: str | None = None):
         """Answer questions from the attached index.
 
         Args:
             questions: a string or a list of strings.
             top_k: answers per question (best first).
             batch_size: questions per forward pass (the answers do not depend on it).
+            retrieval: how the blocks to read are found: "dense" (the question tower), "lexical" (BM25 of the
+                question) or "hybrid" (both, fused); None: hybrid when the index has a lexical part, else dense.
         Returns:
             per question, a dict (top_k=1) or a list of dicts with `answer`, `score` (probability over all spans
             of the read blocks), `start`/`end` (character offsets of the answer in `text`), and the evidence:
@@ -60,7 +62,7 @@ class RealmForOpenQA(RealmPreTrainedModel):
         """
         single = isinstance(questions, str)
         results = answer_questions(self, self._answer_tokenizer(), [questions] if single else list(questions),
-                                   top_k=top_k, batch_size=batch_size)
+                                   top_k=top_k, batch_size=batch_size, retrieval=retrieval)
         results = [answers[0] if top_k == 1 and answers else answers for answers in results]
         return results[0] if single else results
 

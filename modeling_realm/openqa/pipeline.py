@@ -1,7 +1,8 @@
 """The `"open-domain-qa"` pipeline: `pipeline("open-domain-qa", model=model, tokenizer=tokenizer, index=index)`.
 
 Its call looks like the question-answering pipeline's, `qa(question=..., top_k=..., batch_size=...)` or
-`qa(["q1", "q2"])`, and returns `score`, `answer`, `start`, `end` plus the evidence (`block_id`, `doc_id`,
+`qa(["q1", "q2"])` (with `retrieval="dense" | "lexical" | "hybrid"` to choose how blocks are found), and returns
+`score`, `answer`, `start`, `end` plus the evidence (`block_id`, `doc_id`,
 `title`, `text`); with `context=` it reads that passage instead of retrieving. The answers are those of
 `RealmForOpenQA.answer()`: the pipeline batches questions through the same code.
 """
@@ -29,29 +30,33 @@ class OpenDomainQAPipeline(Pipeline):
         if index is not None:
             self.model.index = index
 
-    def _sanitize_parameters(self, top_k=None, context=None, **kwargs):
+    def _sanitize_parameters(self, top_k=None, context=None, retrieval=None, **kwargs):
         if kwargs:
             raise TypeError(f"open-domain-qa got unexpected arguments {sorted(kwargs)}; it takes question, "
-                            "context, top_k and batch_size.")
+                            "context, top_k, batch_size and retrieval.")
         preprocess = {} if context is None else {"context": context}
         answers = {} if top_k is None else {"top_k": top_k}
-        return preprocess, answers, answers
+        forward = {**answers, **({} if retrieval is None else {"retrieval": retrieval})}
+        return preprocess, forward, answers
 
-    def __call__(self, question=None, context=None, top_k: int = 1, batch_size: int | None = None, **kwargs):
+    def __call__(self, question=None, context=None, top_k: int = 1, batch_size: int | None = None,
+                 retrieval: str | None = None, **kwargs):
         """Answer one question (a string) or several (a list); `context` (a string, or one per question) skips
-        retrieval. Returns a dict for one question and top_k=1, otherwise lists, as the question-answering
-        pipeline does."""
+        retrieval. `retrieval` ("dense", "lexical", "hybrid"; None: hybrid when the index has a lexical part, else
+        dense) chooses how blocks are found. Returns a dict for one question and top_k=1, otherwise lists, as the
+        question-answering pipeline does."""
         question = kwargs.pop("questions", question)
         if kwargs:
             raise TypeError(f"open-domain-qa got unexpected arguments {sorted(kwargs)}; it takes question, "
-                            "context, top_k and batch_size.")
+                            "context, top_k, batch_size and retrieval.")
         if question is None:
             raise ValueError("Pass a question: qa(question='...') or qa(['...', '...']).")
         single = isinstance(question, str)
         questions = [question] if single else list(question)
         if context is None:
             size = batch_size or self._batch_size or DEFAULT_BATCH_SIZE
-            results = answer_questions(self.model, self.tokenizer, questions, top_k=top_k, batch_size=size)
+            results = answer_questions(self.model, self.tokenizer, questions, top_k=top_k, batch_size=size,
+                                       retrieval=retrieval)
         else:
             contexts = [context] * len(questions) if isinstance(context, str) else list(context)
             if len(contexts) != len(questions):
@@ -65,11 +70,12 @@ class OpenDomainQAPipeline(Pipeline):
     def preprocess(self, inputs, context=None):
         return {"question": inputs, "context": context}
 
-    def _forward(self, model_inputs, top_k=1):
+    def _forward(self, model_inputs, top_k=1, retrieval=None):
         if model_inputs["context"] is not None:
             return {"answers": read_context(self.model, self.tokenizer, model_inputs["question"],
                                             model_inputs["context"], top_k)}
-        return {"answers": answer_questions(self.model, self.tokenizer, [model_inputs["question"]], top_k)[0]}
+        return {"answers": answer_questions(self.model, self.tokenizer, [model_inputs["question"]], top_k,
+                                            retrieval=retrieval)[0]}
 
     def postprocess(self, model_outputs, top_k=1):
         answers = model_outputs["answers"]

@@ -80,3 +80,44 @@ def test_a_search_only_index_gives_ids_and_scores_without_blocks():
     vectors = embeddings(6)
     found = retrieve_blocks(SearchOnly(vectors), vectors[[2]], 2)
     assert found.block_ids[0, 0] == 2 and found.blocks is None and found.embeddings is None
+
+
+def lexical_block_index(n: int = 12) -> BlockIndex:
+    texts = [f"block {i} about {['rivers', 'mountains', 'cities', 'music'][i % 4]}" for i in range(n)]
+    return BlockIndex.from_arrays(embeddings(n), texts, doc_ids=[str(i // 3) for i in range(n)], progress=False,
+                                  lexical="bm25")
+
+
+def test_retrieve_blocks_searches_by_text_in_the_mode_asked():
+    index = lexical_block_index()
+    queries, texts = embeddings(12)[[4, 7]], ["music", "rivers"]
+    for mode in ("lexical", "hybrid", "dense"):
+        found = retrieve_blocks(index, queries, 3, query_texts=texts, mode=mode)
+        expected = index.search(queries, 3, query_texts=texts, mode=mode)
+        assert found.block_ids.tolist() == expected[1].tolist()
+    lexical = retrieve_blocks(index, queries, 3, query_texts=texts, mode="lexical")
+    assert all("music" in block["text"] for block in lexical.blocks[0])
+    # the default with texts and a lexical part is hybrid; without texts, dense
+    default = retrieve_blocks(index, queries, 3, query_texts=texts)
+    assert default.block_ids.tolist() == retrieve_blocks(index, queries, 3, query_texts=texts,
+                                                         mode="hybrid").block_ids.tolist()
+    assert retrieve_blocks(index, queries, 3).block_ids.tolist() == index.search(queries, 3)[1].tolist()
+
+
+def test_exclusions_apply_in_lexical_mode():
+    index = lexical_block_index()
+    found = retrieve_blocks(index, embeddings(1), 2, exclude_doc_ids=["1"], query_texts=["mountains"],
+                            mode="lexical")  # blocks 1, 5 and 9 are about mountains; 5 is in document "1"
+    assert found.block_ids[0].tolist() == [1, 9]
+    assert all("mountains" in block["text"] for block in found.blocks[0])
+
+
+@pytest.mark.parametrize("mode, texts, match", [
+    ("sparse", ["x"], "must be one of"), ("lexical", None, "pass query_texts"),
+    ("hybrid", ["a", "b", "c"], "3 query texts for 1"),
+])
+def test_retrieval_mode_errors_name_the_fix(mode, texts, match):
+    with pytest.raises(ValueError, match=match):
+        retrieve_blocks(lexical_block_index(), embeddings(1), 2, query_texts=texts, mode=mode)
+    with pytest.raises(ValueError, match="add_lexical"):
+        retrieve_blocks(block_index(), embeddings(1), 2, query_texts=["x"], mode="hybrid")

@@ -274,3 +274,24 @@ def test_a_hostile_repo_manifest_never_reaches_files_outside_the_cache(fake_hub,
         BlockIndex.from_pretrained("user/hostile")
     assert victim.read_text() == "the user's own file"
     assert not list(hub_cache.rglob("victim.txt"))  # nothing of that name was fetched into the cache either
+
+
+def test_a_lexical_part_travels_with_the_index_through_the_hub(fake_hub, hub_cache):
+    index = small_index()
+    index.add_lexical(progress=False)
+    index.push_to_hub("user/hybrid-index")
+    files = fake_hub.files("user/hybrid-index", repo_type="dataset")
+    assert {"bm25/terms.arrow", "bm25/indptr.npy", "bm25/rows.npy", "bm25/weights.npy"} <= set(files)
+    assert "BM25 (k1=1.5, b=0.75" in files["README.md"].decode()
+    reloaded = BlockIndex.from_pretrained("user/hybrid-index")
+    assert reloaded.has_lexical and reloaded.directory.is_relative_to(hub_cache)
+    texts = ["topic 3 text", "Title 2 block"]
+    for mode in ("lexical", "hybrid"):
+        expected = index.search(queries(2), 6, query_texts=texts, mode=mode)
+        found = reloaded.search(queries(2), 6, query_texts=texts, mode=mode)
+        np.testing.assert_array_equal(found[1], expected[1])
+        np.testing.assert_allclose(found[0], expected[0], rtol=1e-6)
+    # a later push of the dense index alone removes the lexical files from the repo
+    BlockIndex.from_arrays(embeddings_for(), [f"block {i}" for i in range(N)], progress=False).push_to_hub(
+        "user/hybrid-index")
+    assert not any(name.startswith("bm25/") for name in fake_hub.files("user/hybrid-index", repo_type="dataset"))

@@ -25,12 +25,21 @@ NUM_BLOCKS, DIMENSION = 2000, 16
 SEARCHES = {"k5": (5, 7, 12), "k1500": (1500, 3, 2), "empty_rank0": (4, 0, 5)}
 
 
+WORDS = ["harbour", "violin", "glacier", "senate", "copper", "orchid", "meteor", "canal", "falcon", "saffron", "quartz"]
+
+
 def corpus():
     """Clustered random embeddings `[2000, 16]` (like real ones) and their texts; the same in every process."""
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(25, DIMENSION))
     embeddings = centres[rng.integers(0, 25, NUM_BLOCKS)] + 0.3 * rng.normal(size=(NUM_BLOCKS, DIMENSION))
-    return embeddings.astype(np.float32), [f"block {i} text" for i in range(NUM_BLOCKS)]
+    texts = [f"block {i} text about {WORDS[i % 11]} and {WORDS[i % 7]}" for i in range(NUM_BLOCKS)]
+    return embeddings.astype(np.float32), texts
+
+
+def query_texts(name: str, rank: int) -> list[str]:
+    """The texts of the queries of `queries(name, rank)`, one each."""
+    return [f"{WORDS[(i + rank) % 11]} {WORDS[(3 * i) % 7]}" for i in range(SEARCHES[name][1 + rank])]
 
 
 def queries(name: str, rank: int) -> np.ndarray:
@@ -60,12 +69,20 @@ def run(out_dir: str, index_dir: str, rank: int):
             arrays[f"{source}__{name}__scores"], arrays[f"{source}__{name}__ids"] = scores, ids
         arrays[f"{source}__embeddings"] = index.get_embeddings(arrays[f"{source}__k5__ids"])
         report[f"{source}__blocks"] = index.get_blocks(arrays[f"{source}__k5__ids"])
+    for mode in ("lexical", "hybrid"):  # the disk slices share the saved index's lexical part
+        for name in ("k5", "empty_rank0"):
+            k = SEARCHES[name][0]
+            scores, ids = indices["disk"].search(queries(name, rank), k, query_texts=query_texts(name, rank),
+                                                 mode=mode)
+            arrays[f"disk__{mode}__{name}__scores"], arrays[f"disk__{mode}__{name}__ids"] = scores, ids
     index = indices["arrays"]
     dimension = DIMENSION if rank == 0 else DIMENSION - 1
     report["errors"] = {
         "k_too_large": error_of(lambda: index.search(queries("k5", rank), NUM_BLOCKS + 1)),
         "k_differs": error_of(lambda: index.search(queries("k5", rank), 3 + rank)),
         "bad_queries_on_rank1": error_of(lambda: index.search(np.zeros((2, dimension), np.float32), 2)),
+        "mode_differs": error_of(lambda: indices["disk"].search(queries("k5", rank), 5, query_texts=query_texts(
+            "k5", rank), mode=["lexical", "hybrid"][rank])),
         "unknown_id_on_rank0": error_of(lambda: index.get_blocks([5, NUM_BLOCKS + 7] if rank == 0 else [5])),
         "overlapping_slices": error_of(lambda: ShardedBlockIndex(BlockIndex.from_arrays(
             embeddings[:10], texts[:10], progress=False))),

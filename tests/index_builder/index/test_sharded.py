@@ -12,7 +12,7 @@ import pytest
 
 from index_builder import BlockIndex
 from index_builder.index.sharded import ShardedBlockIndex, merge_top_k, slice_bounds
-from tests.index_builder.index.sharded_worker import NUM_BLOCKS, SEARCHES, corpus, queries
+from tests.index_builder.index.sharded_worker import NUM_BLOCKS, SEARCHES, corpus, queries, query_texts
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -48,7 +48,7 @@ def two_ranks(tmp_path_factory):
     """(full exact index, [per-rank arrays], [per-rank reports]) from one two-process run."""
     work = tmp_path_factory.mktemp("sharded")
     embeddings, texts = corpus()
-    full = BlockIndex.from_arrays(embeddings, texts, factory="Flat", progress=False)
+    full = BlockIndex.from_arrays(embeddings, texts, factory="Flat", progress=False, lexical="bm25")
     full.save_to_disk(work / "index")
     launch_two_ranks(work, work / "index")
     arrays = [dict(np.load(work / f"rank{r}.npz", allow_pickle=False)) for r in range(2)]
@@ -70,6 +70,28 @@ def test_two_ranks_search_equals_one_exact_index(two_ranks, source):
     # both slices contribute: rank 0's top-5 lists mix blocks from the first and the second half
     top = arrays[0][f"{source}__k5__ids"]
     assert (top < NUM_BLOCKS // 2).any() and (top >= NUM_BLOCKS // 2).any()
+
+
+@pytest.mark.parametrize("mode", ["lexical", "hybrid"])
+def test_two_ranks_lexical_and_hybrid_search_equal_one_index(two_ranks, mode):
+    full, arrays, _ = two_ranks
+    for rank in range(2):
+        for name in ("k5", "empty_rank0"):
+            k, batch = SEARCHES[name][0], SEARCHES[name][1 + rank]
+            ids = arrays[rank][f"disk__{mode}__{name}__ids"]
+            assert ids.shape == (batch, k)
+            if batch:
+                expected_scores, expected_ids = full.search(queries(name, rank), k, query_texts=query_texts(
+                    name, rank), mode=mode)
+                np.testing.assert_array_equal(ids, expected_ids)
+                np.testing.assert_allclose(arrays[rank][f"disk__{mode}__{name}__scores"], expected_scores, rtol=1e-5)
+
+
+def test_ranks_searching_in_different_modes_all_raise(two_ranks):
+    _, _, reports = two_ranks
+    for report in reports:
+        assert report["errors"]["mode_differs"][0] == "ValueError" and "same k and mode" in \
+            report["errors"]["mode_differs"][1]
 
 
 @pytest.mark.parametrize("source", ["arrays", "disk"])

@@ -100,3 +100,39 @@ def test_an_output_that_cannot_be_replaced_is_refused_before_any_work(model_dir,
     with pytest.raises(FileExistsError, match="exists and is not a BlockIndex; refusing to replace it"):
         main([str(tmp_path / "not-read.jsonl"), "--output", str(taken), "--model", str(model_dir), "--overwrite"])
     assert (taken / "mine.txt").read_text() == "not an index"
+
+
+def test_cli_builds_a_lexical_part_or_adds_one_to_an_existing_index(model_dir, tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "docs.jsonl", DOCUMENTS)
+    base = [str(corpus), "--model", str(model_dir), "--text-field", "body", "--title-field", "heading", "--quiet"]
+    assert main(base + ["--output", str(tmp_path / "with"), "--lexical", "bm25", "--bm25-b", "0.5"]) == 0
+    built = BlockIndex.load_from_disk(tmp_path / "with")
+    assert built.manifest.lexical["b"] == 0.5 and json.loads(capsys.readouterr().out.splitlines()[-1])["lexical"]
+    assert main(base + ["--output", str(tmp_path / "dense")]) == 0
+    assert not BlockIndex.load_from_disk(tmp_path / "dense").has_lexical
+    blocks_before = (tmp_path / "dense" / "blocks.arrow").read_bytes()
+    assert main(["--lexical", "bm25", "--output", str(tmp_path / "dense"), "--stopwords", "none", "--quiet"]) == 0
+    added = BlockIndex.load_from_disk(tmp_path / "dense")
+    assert (tmp_path / "dense" / "blocks.arrow").read_bytes() == blocks_before  # nothing re-encoded
+    assert added.manifest.lexical["stopwords"] is None
+    _, ids = added.search(query_texts=["turing mathematician"], k=1)
+    assert added.get_blocks(ids[0])[0]["doc_id"] == "3"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lexical", "bm25", "--bm25-b", "2"], r"--lexical options: .*b is 2\.0"),
+    (["--lexical", "bm25", "--stopwords", "klingon"], "stopwords is 'klingon'"),
+    ([], "pass a corpus to index"),
+])
+def test_lexical_arguments_are_checked_before_any_work(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        main(flags + ["--output", str(tmp_path / "missing")])
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_adding_a_lexical_part_needs_an_existing_index(tmp_path, capsys):
+    (tmp_path / "stranger").mkdir()
+    with pytest.raises(SystemExit):
+        main(["--lexical", "bm25", "--output", str(tmp_path / "stranger")])
+    assert "not an existing BlockIndex" in capsys.readouterr().err

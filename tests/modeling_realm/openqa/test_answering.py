@@ -234,3 +234,25 @@ def test_off_cpu_the_reader_reads_the_whole_batch_in_one_pass():
         model = Recorder()
         logits, _, _ = read_in_passes(model, batch, torch.zeros(6, 5, device=device))
         assert model.passes == expected and logits.shape == (6, 5, 7), device
+
+
+def test_answers_retrieve_in_the_mode_asked():
+    model, tokenizer, cases = fixture_model("tiny")
+    questions = [case["question"] for case in cases["questions"]]
+    dense = model.answer(questions)
+    with pytest.raises(ValueError, match="add_lexical"):
+        model.answer(questions, retrieval="hybrid")
+    model.index.add_lexical(progress=False, stopwords=None)
+    assert [a["block_id"] for a in model.answer(questions, retrieval="dense")] == [a["block_id"] for a in dense]
+    lexical = model.answer(questions, top_k=2, retrieval="lexical")
+    from index_builder.index.lexical import terms_of
+
+    for question, answers in zip(questions, lexical, strict=True):
+        words = set(terms_of([question], model.index.lexical.settings)[0])
+        assert any(words & set(terms_of([a["text"]], model.index.lexical.settings)[0]) for a in answers)
+    from transformers import pipeline
+
+    qa = pipeline("open-domain-qa", model=model, tokenizer=tokenizer)
+    assert qa(question=questions[0], retrieval="lexical")["block_id"] == lexical[0][0]["block_id"]
+    with pytest.raises(ValueError, match="must be one of"):
+        model.answer(questions, retrieval="bm25")

@@ -1,0 +1,469 @@
+"""The lexical part of a BlockIndex: BM25 over the blocks' title and text, memory-mapped from its own files.
+
+Blocks and queries are cut into terms by one function, `terms_of` (bm25s's tokenizer: lower case, words of two or more
+letters or digits, optional stop words and stemming), with the settings recorded in the manifest. The BM25 weight of
+every (term, block) pair is computed once at build time (Lucene's variant, as bm25s's default: idf = ln(1 + (N - df
++ 0.5) / (df + 0.5)), tf part = tf / (tf + k1 (1 - b + b len / avg len))) and stored term by term:
+
+    bm25/terms.arrow   the sorted vocabulary (an Arrow stream of one string column); a term's id is its position
+    bm25/indptr.npy    int64 [terms + 1]: the postings of term t lie at [indptr[t], indptr[t + 1])
+    bm25/rows.npy      int32 [postings]: the row (in blocks.arrow) of each posting
+    bm25/weights.npy   float32 [postings]: its BM25 weight
+
+A query's score for a block is the sum of the weights of its terms (a repeated query term counts again), as bm25s
+scores it. Serving reads only the postings of the query's terms, with `pread` (so they never stay mapped into the
+process: see file_rows.py), and bisects the memory-mapped vocabulary; nothing is loaded whole. The files are untrusted
+input like the rest of an index: their dtypes and shapes are checked when loaded, the vocabulary's order and the
+postings' bounds when read.
+"""
+
+import itertools
+import logging
+import math
+import os
+import re
+from bisect import bisect_left
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm.auto import tqdm
+
+from index_builder.index.manifest import LEXICAL_FILES, IndexMismatchError, listed_file
+
+logger = logging.getLogger(__name__)
+
+LEXICAL_DIR = "bm25"
+TERMS_FILE, INDPTR_FILE, ROWS_FILE, WEIGHTS_FILE = LEXICAL_FILES
+BUILD_BATCH = 8192  # blocks tokenized at a time
+DENSE_SCORES = 16  # postings per block above which a query is scored into one array of every block
+
+
+class NoIndexedTermError(ValueError):
+    """A query has no term that occurs in the lexical index."""
+
+
+@dataclass(frozen=True)
+class LexicalSettings:
+    """How blocks and queries become terms, and BM25's two parameters (see the module docstring).
+
+    stopwords: a language bm25s knows ("en", "english", "de", ...) or None to keep every word.
+    stemmer: a Snowball algorithm of PyStemmer ("english", "porter", ...) or None (`pip install PyStemmer`).
+    """
+
+    k1: float = 1.5
+    b: float = 0.75
+    stopwords: str | None = "en"
+    stemmer: str | None = None
+    lowercase: bool = True
+
+    def __post_init__(self):
+        problems = settings_problems(asdict(self))
+        if problems:
+            raise ValueError("Invalid lexical settings: " + "; ".join(problems) + ".")
+
+
+def settings_problems(fields: dict) -> list[str]:
+    """What is wrong with lexical settings (from a caller or a manifest); empty when nothing is."""
+    problems = []
+    k1, b = fields.get("k1"), fields.get("b")
+    if not _is_number(k1) or not 0 <= k1 <= 100:
+        problems.append(f"k1 is {k1!r}, expected a number in [0, 100]")
+    if not _is_number(b) or not 0 <= b <= 1:
+        problems.append(f"b is {b!r}, expected a number in [0, 1]")
+    stopwords = fields.get("stopwords")
+    if stopwords is not None and stopwords not in stopword_languages():
+        problems.append(f"stopwords is {stopwords!r}, expected None or one of {sorted(stopword_languages())}")
+    stemmer = fields.get("stemmer")
+    if stemmer is not None and (not isinstance(stemmer, str) or not stemmer.isidentifier() or len(stemmer) > 40):
+        problems.append(f"stemmer is {stemmer!r}, expected None or a PyStemmer algorithm such as 'english'")
+    if not isinstance(fields.get("lowercase"), bool):
+        problems.append(f"lowercase is {fields.get('lowercase')!r}, expected true or false")
+    return problems
+
+
+def stopword_languages() -> set:
+    """The stop-word lists bm25s ships, by the names it takes."""
+    return set(STOPWORD_LANGUAGES) | set(STOPWORD_LANGUAGES.values())
+
+
+STOPWORD_LANGUAGES = {"en": "english", "en_plus": "english_plus", "de": "german", "nl": "dutch", "fr": "french",
+                      "es": "spanish", "pt": "portuguese", "it": "italian", "ru": "russian", "sv": "swedish",
+                      "no": "norwegian", "zh": "chinese", "tr": "turkish", "ko": "korean", "da": "danish"}
+
+
+def terms_of(texts: list[str], settings: LexicalSettings) -> list[list[str]]:
+    """The terms of each text, as blocks and queries are both cut (see `tokens_of`)."""
+    words, parents = tokens_of(list(texts), settings)
+    terms = [[] for _ in texts]
+    for word, parent in zip(words.to_pylist(), parents.tolist()):
+        terms[parent].append(word)
+    return terms
+
+
+def tokens_of(texts: list[str], settings: LexicalSettings) -> tuple[pa.Array, np.ndarray]:
+    """Every term of `texts` in order `[tokens]` (strings) and the text each belongs to `[tokens]`.
+
+    As bm25s cuts text: lower-cased, words of two or more letters, digits or underscores (its pattern, compiled once),
+    minus the stop words (its lists), then stemmed. The stop words are removed in Arrow, and only each distinct word
+    is stemmed.
+    """
+    found = [WORD.findall(text.lower() if settings.lowercase else text) if text else [] for text in texts]
+    lengths = np.fromiter((len(words) for words in found), dtype=np.int64, count=len(found))
+    words = pa.array(itertools.chain.from_iterable(found), type=pa.string(), size=int(lengths.sum()))
+    parents = np.repeat(np.arange(len(found), dtype=np.int64), lengths)
+    stopwords = _stopwords(settings.stopwords)
+    if len(stopwords):
+        keep = pc.invert(pc.is_in(words, value_set=stopwords))
+        words, parents = pc.filter(words, keep), parents[np.asarray(keep, dtype=bool)]
+    if settings.stemmer is not None:
+        distinct = pc.unique(words)
+        stems = pa.array(_stemmer(settings.stemmer)(distinct.to_pylist()), type=pa.string())
+        words = pc.take(stems, pc.index_in(words, value_set=distinct))
+    return words, parents
+
+
+WORD = re.compile(r"(?u)\b\w\w+\b")
+
+
+def _stopwords(language: str | None) -> pa.Array:
+    if language is None:
+        return pa.array([], type=pa.string())
+    import bm25s.stopwords as lists
+
+    name = STOPWORD_LANGUAGES.get(language, language).upper()
+    words = getattr(lists, "STOPWORDS_EN" if name == "ENGLISH" else "STOPWORDS_EN_PLUS" if name == "ENGLISH_PLUS"
+                    else f"STOPWORDS_{name}")
+    return pa.array(sorted(set(words)), type=pa.string())
+
+
+def _stemmer(name: str | None):
+    if name is None:
+        return None
+    try:
+        import Stemmer
+    except ImportError as error:
+        raise ImportError(f"The lexical settings stem terms with {name!r}, which needs PyStemmer: "
+                          "pip install PyStemmer (or the realm-hf[stem] extra).") from error
+    if name not in Stemmer.algorithms():
+        raise ValueError(f"PyStemmer has no stemmer {name!r}; choose one of {Stemmer.algorithms()}.")
+    return Stemmer.Stemmer(name).stemWords
+
+
+class LexicalIndex:
+    """BM25 postings of `num_blocks` blocks (rows 0..num_blocks-1 of their table); `search(texts, k)`."""
+
+    def __init__(self, terms: pa.Array, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray,
+                 settings: LexicalSettings, num_blocks: int, blocks_digest: str):
+        self.terms, self.indptr, self.rows, self.weights = terms, indptr, rows, weights
+        self.settings, self.num_blocks, self.blocks_digest = settings, int(num_blocks), blocks_digest
+
+    # ----------------------------------------------------------------- build
+    @classmethod
+    def build(cls, texts, num_blocks: int, settings: LexicalSettings, blocks_digest: str,
+              progress: bool = True) -> "LexicalIndex":
+        """Index `texts`, an iterable of batches of strings (lists or Arrow arrays; one string per block, title and
+        text together, in row order), holding `num_blocks` strings in all."""
+        vocabulary: dict[str, int] = {}
+        pieces, lengths = [], []
+        first = 0
+        with tqdm(total=num_blocks, desc="Indexing terms (BM25)", unit="block", disable=not progress) as bar:
+            for batch in texts:
+                batch = batch.to_pylist() if isinstance(batch, pa.Array) else list(batch)
+                words, parents = tokens_of(batch, settings)
+                ids = _term_ids(words, vocabulary)
+                batch_lengths = np.bincount(parents, minlength=len(batch))
+                pieces.append(_counts(ids, batch_lengths, first))
+                lengths.append(batch_lengths)
+                first += len(batch_lengths)
+                bar.update(len(batch_lengths))
+        if first != num_blocks:
+            raise ValueError(f"Got texts for {first} blocks, expected {num_blocks}.")
+        return cls._from_counts(vocabulary, pieces, np.concatenate(lengths or [np.zeros(0, np.int64)]), settings,
+                                blocks_digest)
+
+    @classmethod
+    def _from_counts(cls, vocabulary: dict, pieces: list, lengths: np.ndarray, settings, blocks_digest):
+        num_blocks = len(lengths)
+        if not vocabulary:
+            raise ValueError(f"None of the {num_blocks} blocks has a term to index (every word is a stop word or "
+                             "shorter than two letters); a lexical part would match nothing. Check the corpus, or "
+                             "index with stopwords=None.")
+        # [postings] each: block row, term id (in order of first appearance), term frequency
+        rows = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.int64)
+        term_ids = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.int64)
+        counts = np.concatenate([p[2] for p in pieces]) if pieces else np.zeros(0, np.int64)
+        frequencies = np.bincount(term_ids, minlength=len(vocabulary))  # [terms] blocks holding each term
+        idf = np.log1p((num_blocks - frequencies + 0.5) / (frequencies + 0.5))
+        average = max(float(lengths.mean()), 1e-9) if num_blocks else 1.0
+        norm = settings.k1 * (1 - settings.b + settings.b * lengths / average)  # [blocks]
+        weights = (idf[term_ids] * counts / (counts + norm[rows])).astype(np.float32)
+        words = sorted(vocabulary)
+        rank = np.empty(len(words), dtype=np.int64)  # first-appearance id -> sorted position
+        rank[[vocabulary[w] for w in words]] = np.arange(len(words))
+        order = np.lexsort((rows, rank[term_ids]))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rank[term_ids], minlength=len(words)))]).astype(np.int64)
+        return cls(pa.array(words, type=pa.string()), indptr, rows[order].astype(np.int32), weights[order],
+                   settings, num_blocks, blocks_digest)
+
+    # ----------------------------------------------------------------- search
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    @property
+    def num_terms(self) -> int:
+        return len(self.terms)
+
+    @property
+    def num_postings(self) -> int:
+        return int(len(self.rows))
+
+    def search(self, query_texts: list[str], k: int, require_terms: bool = True):
+        """The `k` best blocks of each query by BM25.
+
+        Returns scores `[batch, k]` float32 and rows `[batch, k]` int64, best first (equal scores by row). A query that
+        matches fewer than k blocks is completed with unmatched blocks (score 0, lowest rows first). A query none of
+        whose terms occurs in any block raises NoIndexedTermError, unless `require_terms` is False.
+        """
+        k = min(int(k), self.num_blocks)
+        scores = np.zeros((len(query_texts), k), dtype=np.float32)
+        rows = np.zeros((len(query_texts), k), dtype=np.int64)
+        for i, terms in enumerate(terms_of(list(query_texts), self.settings)):
+            matched, matched_scores = self.scores_of(terms)
+            if len(matched) == 0 and require_terms:
+                raise NoIndexedTermError(
+                    f"Query {query_texts[i][:80]!r} has no term that occurs in the indexed blocks (terms: "
+                    f"{terms[:8]}); lexical search cannot rank blocks for it. Search it with mode='dense' or 'hybrid'.")
+            scores[i], rows[i] = _top_k(matched, matched_scores, k, self.num_blocks)
+        return scores, rows
+
+    def candidates(self, query_texts: list[str], depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query, (scores `[m]`, rows `[m]`) of its at most `depth` best blocks that hold one of its terms (none
+        for a query without indexed terms): the lexical side of a hybrid search."""
+        scores, rows = self.search(query_texts, depth, require_terms=False)
+        matched = scores > 0  # [batch, depth]: BM25 weights are positive, so 0 marks the blocks that only fill k
+        return [(s[m], r[m]) for s, r, m in zip(scores, rows, matched)]
+
+    def scores_of(self, terms: list[str]):
+        """(rows, scores) of every block that holds one of `terms`: rows `[m]` increasing, scores `[m]` float32."""
+        ids = [i for i in (self._term_id(t) for t in terms) if i is not None]
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        spans = [self._postings_span(i) for i in ids]
+        size = sum(stop - start for start, stop in spans)
+        rows = np.concatenate([np.asarray(self.rows[a:b], dtype=np.int64) for a, b in spans])
+        weights = np.concatenate([np.asarray(self.weights[a:b], dtype=np.float64) for a, b in spans])
+        self._check_postings(rows, weights)
+        if size * DENSE_SCORES > self.num_blocks:  # many postings: one array of every block is the cheaper sum
+            totals = np.bincount(rows, weights=weights, minlength=self.num_blocks)
+            matched = np.flatnonzero(np.bincount(rows, minlength=self.num_blocks))
+            return matched, totals[matched].astype(np.float32)
+        matched, inverse = np.unique(rows, return_inverse=True)
+        return matched, np.bincount(inverse, weights=weights).astype(np.float32)
+
+    def _term_id(self, term: str) -> int | None:
+        position = bisect_left(_TermSequence(self.terms), term)
+        if position < len(self.terms) and self.terms[position].as_py() == term:
+            return position
+        return None
+
+    def _postings_span(self, term_id: int) -> tuple[int, int]:
+        start, stop = (int(offset) for offset in self.indptr[term_id:term_id + 2])
+        if not 0 <= start <= stop <= len(self.rows):
+            raise IndexMismatchError(f"The lexical index's postings of term {term_id} lie at [{start}, {stop}), "
+                                     f"outside its {len(self.rows)} postings; rebuild or re-download the index.")
+        return start, stop
+
+    def _check_postings(self, rows: np.ndarray, weights: np.ndarray):
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.num_blocks):
+            raise IndexMismatchError(f"The lexical index has postings for rows outside its {self.num_blocks} blocks; "
+                                     "rebuild or re-download the index.")
+        if not np.isfinite(weights).all():
+            raise IndexMismatchError("The lexical index holds NaN or infinite weights; rebuild or re-download it.")
+
+    # ----------------------------------------------------------------- files
+    def record(self) -> dict:
+        """The manifest's `lexical` entry."""
+        return {"method": "bm25", **asdict(self.settings), "num_blocks": self.num_blocks,
+                "num_terms": self.num_terms, "num_postings": self.num_postings, "blocks_digest": self.blocks_digest}
+
+    def save(self, folder: Path):
+        """Write the four files into `folder` (the index's `bm25/` folder, while it is being staged)."""
+        folder = Path(folder)
+        folder.mkdir(exist_ok=True)
+        with pa.OSFile(str(folder / Path(TERMS_FILE).name), "wb") as sink, \
+                pa.ipc.new_stream(sink, pa.schema([("term", pa.string())])) as writer:
+            writer.write_batch(pa.record_batch([self.terms], names=["term"]))
+        for name, array in ((INDPTR_FILE, self.indptr), (ROWS_FILE, self.rows), (WEIGHTS_FILE, self.weights)):
+            with open(folder / Path(name).name, "wb") as file:
+                np.save(file, np.asarray(array), allow_pickle=False)
+
+    @classmethod
+    def load(cls, directory: Path, record: dict, trusted_root=None) -> "LexicalIndex":
+        """Open the files of a lexical part described by the manifest entry `record` (already checked): the vocabulary
+        memory-mapped, the postings read by `pread` when searched."""
+        try:
+            settings = LexicalSettings(**{key: record[key] for key in ("k1", "b", "stopwords", "stemmer", "lowercase")})
+        except ValueError as error:
+            raise IndexMismatchError(f"The manifest of {directory} describes a lexical part this package cannot "
+                                     f"serve: {error} Rebuild it (BlockIndex.add_lexical) or re-download it."
+                                     ) from error
+        terms = _read_terms(listed_file(directory, TERMS_FILE, trusted_root))
+        arrays = {name: _read_array(listed_file(directory, name, trusted_root), dtype)
+                  for name, dtype in ((INDPTR_FILE, np.int64), (ROWS_FILE, np.int32), (WEIGHTS_FILE, np.float32))}
+        index = cls(terms, arrays[INDPTR_FILE], arrays[ROWS_FILE], arrays[WEIGHTS_FILE], settings,
+                    record["num_blocks"], record["blocks_digest"])
+        index._check_shapes(record, directory)
+        return index
+
+    def _check_shapes(self, record: dict, directory):
+        problems = []
+        if self.num_terms != record["num_terms"] or len(self.indptr) != self.num_terms + 1:
+            problems.append(f"{self.num_terms} terms and {len(self.indptr)} postings offsets, the manifest says "
+                            f"{record['num_terms']} terms")
+        if len(self.rows) != record["num_postings"] or len(self.weights) != len(self.rows):
+            problems.append(f"{len(self.rows)} posting rows and {len(self.weights)} weights, the manifest says "
+                            f"{record['num_postings']} postings")
+        if not problems and not _offsets_in_order(self.indptr, len(self.rows)):
+            problems.append("its postings offsets do not run from 0 to the number of postings in order")
+        if not problems and self.num_terms > 1 and not pc.all(pc.less(self.terms[:-1], self.terms[1:])).as_py():
+            problems.append("its vocabulary is not sorted")
+        if problems:
+            raise IndexMismatchError(f"The lexical part of the index at {directory} is inconsistent: " +
+                                     "; ".join(problems) + ". Rebuild it (BlockIndex.add_lexical) or re-download it.")
+
+
+def _offsets_in_order(indptr, total: int, chunk: int = 1 << 20) -> bool:
+    """indptr runs from 0 to `total`, never decreasing (read a chunk at a time)."""
+    if int(indptr[0]) != 0 or int(indptr[len(indptr) - 1]) != total:
+        return False
+    for start in range(0, len(indptr) - 1, chunk):
+        piece = np.asarray(indptr[start:min(start + chunk + 1, len(indptr))])
+        if (np.diff(piece) < 0).any():
+            return False
+    return True
+
+
+class _TermSequence:
+    """The vocabulary as a sequence of Python strings, read one at a time (for `bisect`)."""
+
+    def __init__(self, terms: pa.Array):
+        self.terms = terms
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    def __getitem__(self, i: int) -> str:
+        return self.terms[i].as_py()
+
+
+def _term_ids(words: pa.Array, vocabulary: dict) -> np.ndarray:
+    """The id of every word `[tokens]`; new words join `vocabulary` (a Python loop over distinct words only)."""
+    distinct = pc.unique(words)
+    ids = np.fromiter((vocabulary.setdefault(word, len(vocabulary)) for word in distinct.to_pylist()),
+                      dtype=np.int64, count=len(distinct))
+    return ids[np.asarray(pc.index_in(words, value_set=distinct), dtype=np.int64)]
+
+
+def _counts(ids: np.ndarray, lengths: np.ndarray, first_row: int):
+    """(rows, term ids, counts) `[pairs]` of one batch: how often each term occurs in each block."""
+    docs = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # [tokens]
+    pairs, counts = np.unique(docs << 32 | ids, return_counts=True)
+    return (pairs >> 32) + first_row, pairs & 0xFFFFFFFF, counts
+
+
+def _top_k(matched: np.ndarray, scores: np.ndarray, k: int, num_blocks: int):
+    """Best k of the matched rows (scores desc, rows asc), completed with unmatched rows at score 0."""
+    if len(matched) > k:
+        keep = np.argpartition(-scores, k - 1)[:k]
+        matched, scores = matched[keep], scores[keep]
+    order = np.lexsort((matched, -scores))
+    rows, values = matched[order], scores[order]
+    if len(rows) < k:
+        rest = np.setdiff1d(np.arange(min(num_blocks, k + len(rows)), dtype=np.int64), rows)[:k - len(rows)]
+        rows, values = np.concatenate([rows, rest]), np.concatenate([values, np.zeros(len(rest), np.float32)])
+    return values, rows
+
+
+def _read_terms(path: Path) -> pa.Array:
+    try:
+        with pa.ipc.open_stream(pa.memory_map(str(path))) as reader:
+            table = reader.read_all()
+    except (pa.ArrowInvalid, OSError) as error:
+        raise IndexMismatchError(f"{path} is not a vocabulary file ({error}); rebuild or re-download the index.") \
+            from error
+    if table.schema != pa.schema([("term", pa.string())]):
+        raise IndexMismatchError(f"{path} holds {table.schema}, not one string column 'term'; rebuild or "
+                                 "re-download the index.")
+    column = table.column("term")
+    terms = column.chunk(0) if column.num_chunks == 1 else pa.concat_arrays(column.chunks)
+    if terms.null_count:
+        raise IndexMismatchError(f"{path} holds null terms; rebuild or re-download the index.")
+    return terms
+
+
+def _read_array(path: Path, dtype) -> "NpyColumn":
+    """A one-dimensional .npy array of `dtype`, read by `pread` slice by slice; never unpickled."""
+    try:
+        return NpyColumn(path, dtype)
+    except (ValueError, OSError) as error:
+        raise IndexMismatchError(f"{path} is not a 1-d {np.dtype(dtype)} .npy array ({error}); rebuild or "
+                                 "re-download the index.") from error
+
+
+class NpyColumn:
+    """A 1-d .npy file read with `os.pread`: `column[a:b]` copies just those items, so a query's postings never
+    stay mapped into the server (as a memory map's pages would, counted in its resident set; see file_rows.py)."""
+
+    def __init__(self, path: Path, dtype):
+        self.path, self.dtype = Path(path), np.dtype(dtype)
+        with open(self.path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"of .npy format version {version}")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, stored = read_header(file, max_header_size=10_000)
+            self._offset = file.tell()
+        if stored != self.dtype or len(shape) != 1:
+            raise ValueError(f"it holds {stored} {shape}")
+        self._length = int(shape[0])
+        if self.path.stat().st_size != self._offset + self._length * self.dtype.itemsize:
+            raise ValueError(f"its size disagrees with its header ({self._length} items)")
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self._length)
+            if step != 1:
+                raise ValueError("NpyColumn reads contiguous slices only.")
+            return self._read(start, max(start, stop))
+        index = int(key) + (self._length if int(key) < 0 else 0)
+        if not 0 <= index < self._length:
+            raise IndexError(f"index {key} out of range for {self._length} items")
+        return self._read(index, index + 1)[0]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        size = (stop - start) * self.dtype.itemsize
+        data = os.pread(self._fd, size, self._offset + start * self.dtype.itemsize)
+        if len(data) != size:
+            raise IndexMismatchError(f"{self.path} is shorter than its header says; rebuild or re-download the index.")
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self._read(0, self._length)
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
