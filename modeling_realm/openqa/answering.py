@@ -12,6 +12,7 @@ import torch
 from modeling_realm.models.pretrained import evaluation_mode
 from modeling_realm.models.spans import ranked_spans
 from modeling_realm.retrieval import RetrievedBlocks, check_index, retrieve_blocks
+from tokenization.offsets import with_offsets
 from tokenization.reader_inputs import ReaderBatch, reader_inputs
 from tokenization.sentences import is_blank
 
@@ -73,9 +74,10 @@ def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) 
     length = model.config.reader_seq_len
     question = shortened_question(tokenizer, question, length)
     with TOKENIZER_LOCK:
-        encoding = tokenizer(question, context, truncation="only_second", max_length=length, stride=length // 4,
-                             return_overflowing_tokens=True, return_offsets_mapping=True, padding=True,
-                             return_special_tokens_mask=True, return_tensors="pt")
+        encoding = with_offsets(tokenizer)(question, context, truncation="only_second", max_length=length,
+                                           stride=length // 4, return_overflowing_tokens=True,
+                                           return_offsets_mapping=True, padding=True,
+                                           return_special_tokens_mask=True, return_tensors="pt")
     # [windows, seq]
     block_mask = ~encoding["special_tokens_mask"].bool() & encoding["token_type_ids"].bool()
     offsets = torch.where(block_mask.unsqueeze(-1), encoding["offset_mapping"],
@@ -96,7 +98,8 @@ def shortened_question(tokenizer, question: str, length: int) -> str:
     holds the context; a question longer than the window could not be read with any of it)."""
     budget = max(1, length // 2 - 2)  # [CLS] question [SEP] context [SEP]
     with TOKENIZER_LOCK:
-        offsets = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = with_offsets(tokenizer)(question, add_special_tokens=False,
+                                          return_offsets_mapping=True)["offset_mapping"]
     if len(offsets) <= budget:
         return question
     logger.warning("The question has %d tokens; reading a passage keeps its first %d (half of reader_seq_len=%d).",
