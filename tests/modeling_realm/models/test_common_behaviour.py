@@ -177,3 +177,45 @@ def test_eval_outputs_are_deterministic_and_training_uses_dropout():
     assert torch.equal(main_output(model, input_ids), main_output(model, input_ids))
     model.train()
     assert not torch.equal(main_output(model, input_ids), main_output(model, input_ids))
+
+
+def test_config_common_round_trips_and_label_counts(tmp_path):
+    from modeling_realm import RealmConfig
+
+    config = RealmConfig(**{**tiny_config().to_dict(), "num_labels": 5, "output_hidden_states": True,
+                            "return_dict": False, "id2label": None, "label2id": None})
+    assert len(config.id2label) == 5
+    config.num_labels = 3
+    assert len(config.id2label) == 3 and len(config.label2id) == 3
+    text = config.to_json_string()
+    assert '"retriever_proj_size": 16' in text and '"model_type": "realm"' in text
+    config.to_json_file(tmp_path / "config.json")
+    assert RealmConfig.from_json_file(tmp_path / "config.json").to_dict() == config.to_dict()
+    config.save_pretrained(tmp_path / "repo" / "sub")
+    again = RealmConfig.from_pretrained(tmp_path / "repo", subfolder="sub")
+    assert again.to_dict() == config.to_dict()
+    assert again.output_hidden_states is True and again.return_dict is False and again.num_labels == 3
+
+
+def test_encoder_and_openqa_train_as_4x_tested_them():
+    """4.x's training test: the encoder's loss over candidates backpropagates; RealmForOpenQA's loss does too, again
+    after block_embedding_to moves block_emb to the CPU."""
+    encoder = RealmKnowledgeAugEncoder(tiny_config()).train()
+    out = encoder(input_ids=ids(BATCH, 2, SEQ), relevance_score=torch.randn(BATCH, 2), labels=ids(BATCH, SEQ))
+    out.loss.backward()
+    assert encoder.realm.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    model = RealmForOpenQA(tiny_config()).train()
+    model.block_emb.normal_()
+    block_mask = torch.zeros(1, 2, 10, dtype=torch.bool)
+    block_mask[..., 4:9] = True
+    inputs = dict(input_ids=ids(1, SEQ), block_ids=torch.tensor([[0, 3, 5]]), reader_input_ids=ids(1, 2, 10),
+                  block_mask=block_mask, has_answers=torch.tensor([[False, True, False]]),
+                  start_positions=torch.tensor([[[-1], [5]]]), end_positions=torch.tensor([[[-1], [6]]]))
+    first = model(**inputs).loss
+    first.backward()
+    model.zero_grad()
+    assert model.block_embedding_to("cpu") is model and model.block_emb.device.type == "cpu"
+    again = model(**inputs).loss
+    again.backward()
+    assert torch.isfinite(again) and torch.equal(again, first)
+    assert model.reader.qa_outputs.dense_output.weight.grad.abs().sum() > 0
