@@ -57,6 +57,7 @@ def answer_questions(model, tokenizer, questions: list[str], top_k: int = 1, bat
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}.")
     check_index(model.index, model.config.retriever_proj_size)
+    tokenizer = with_offsets(tokenizer)  # a slow tokenizer: its fast twin, so every id comes from one tokenizer
     results = []
     with evaluation_mode(model):  # answers never depend on dropout, even right after training
         for start in range(0, len(questions), batch_size):
@@ -70,14 +71,14 @@ def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) 
     context (`reader_seq_len` tokens, overlapping by a quarter) with zero retrieval score."""
     if not isinstance(context, str) or is_blank(context):
         raise ValueError("context must be a non-empty string (or leave it out to retrieve from the index).")
+    tokenizer = with_offsets(tokenizer)  # a slow tokenizer: its fast twin, so every id comes from one tokenizer
     tokenize_questions(tokenizer, [question], model.config, model.device)  # validates question
     length = model.config.reader_seq_len
     question = shortened_question(tokenizer, question, length)
     with TOKENIZER_LOCK:
-        encoding = with_offsets(tokenizer)(question, context, truncation="only_second", max_length=length,
-                                           stride=length // 4, return_overflowing_tokens=True,
-                                           return_offsets_mapping=True, padding=True,
-                                           return_special_tokens_mask=True, return_tensors="pt")
+        encoding = tokenizer(question, context, truncation="only_second", max_length=length, stride=length // 4,
+                             return_overflowing_tokens=True, return_offsets_mapping=True, padding=True,
+                             return_special_tokens_mask=True, return_tensors="pt")
     # [windows, seq]
     block_mask = ~encoding["special_tokens_mask"].bool() & encoding["token_type_ids"].bool()
     offsets = torch.where(block_mask.unsqueeze(-1), encoding["offset_mapping"],
