@@ -219,3 +219,17 @@ def test_encoder_and_openqa_train_as_4x_tested_them():
     again.backward()
     assert torch.isfinite(again) and torch.equal(again, first)
     assert model.reader.qa_outputs.dense_output.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("model_class", [RealmEmbedder, RealmKnowledgeAugEncoder])
+def test_sdpa_attention_and_feed_forward_chunks_give_the_eager_outputs(model_class):
+    model = eager(model_class)
+    input_ids, mask = ids(BATCH, SEQ), torch.ones(BATCH, SEQ, dtype=torch.long)
+    mask[0, 3:] = 0
+    expected = main_output(model, input_ids, mask)
+    model.set_attn_implementation("sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    assert_close(main_output(model, input_ids, mask), expected, atol=1e-5, what="sdpa")
+    chunked = model_class._from_config(tiny_config(chunk_size_feed_forward=1), attn_implementation="eager").eval()
+    chunked.load_state_dict(model.state_dict())
+    assert_close(main_output(chunked, input_ids, mask), expected, atol=1e-5, what="chunked feed-forward")
