@@ -173,9 +173,6 @@ def load_models(args, accelerator):
         retriever = load_retriever(args.retriever, seed=args.seed)
         encoder = load_encoder(args.encoder or demo_model_path(), args.seed)
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.retriever or demo_model_path())
-    if not getattr(tokenizer, "is_fast", False):
-        raise TypeError(f"Masking needs a fast tokenizer, but {type(tokenizer).__name__} was loaded; pass --tokenizer "
-                        "with a tokenizer.json (RealmTokenizerFast / BertTokenizerFast).")
     if args.separate_towers:
         from modeling_realm.pretraining import with_separate_towers
 

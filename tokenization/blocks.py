@@ -10,6 +10,7 @@ import logging
 
 import numpy as np
 
+from tokenization.offsets import with_offsets
 from tokenization.sentences import is_blank, sentence_spans
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ def split_into_blocks(corpus, tokenizer, max_block_length: int = DEFAULT_MAX_BLO
 
     Args:
         corpus (`datasets.Dataset`): `doc_id`, `title` and `text` columns, as `load_corpus` returns.
-        tokenizer: a fast BERT WordPiece tokenizer (`RealmTokenizerFast`, `BertTokenizerFast`...).
+        tokenizer: a BERT WordPiece tokenizer (`RealmTokenizerFast`, `BertTokenizerFast`, or a slow one, read
+            through its fast twin: `offsets.with_offsets`).
         max_block_length (`int`): the most wordpieces of block text (288 in REALM).
         num_proc (`int`, *optional*): worker processes for `datasets.map`; the result is the same for any value.
         batch_size (`int`): documents per `datasets.map` batch.
@@ -38,6 +40,7 @@ def split_into_blocks(corpus, tokenizer, max_block_length: int = DEFAULT_MAX_BLO
     from datasets import Features, Value
 
     _check_arguments(corpus, tokenizer, max_block_length, num_proc, batch_size)
+    tokenizer = with_offsets(tokenizer)  # a slow tokenizer: its fast twin (same ids, with offsets)
     features = Features({"doc_id": Value("string"), "title": Value("string"), "text": Value("string"),
                          "num_tokens": Value("int32")})
     blocks = corpus.map(
@@ -61,9 +64,6 @@ def _check_arguments(corpus, tokenizer, max_block_length, num_proc, batch_size) 
     if missing:
         raise ValueError(f"corpus lacks the columns {missing} (it has {corpus.column_names}); load it with "
                          "tokenization.corpus.load_corpus, which maps field names with title_field/text_field.")
-    if not getattr(tokenizer, "is_fast", False):
-        raise TypeError(f"split_into_blocks needs a fast tokenizer (for offset mappings), got "
-                        f"{type(tokenizer).__name__}; use RealmTokenizerFast or BertTokenizerFast.")
     if isinstance(max_block_length, bool) or not isinstance(max_block_length, int) or max_block_length < 1:
         raise ValueError(f"max_block_length must be a positive int, got {max_block_length!r}.")
     if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):

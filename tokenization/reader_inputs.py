@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tokenization.offsets import with_offsets
+
 
 @dataclass
 class ReaderBatch:
@@ -29,7 +31,10 @@ class ReaderBatch:
 
 
 def reader_inputs(tokenizer, questions: list[str], blocks: list[list[str]], max_length: int) -> ReaderBatch:
-    """Tokenise every (question, block) pair; `blocks[i]` are the texts of question i's blocks (same count each)."""
+    """Tokenise every (question, block) pair; `blocks[i]` are the texts of question i's blocks (same count each).
+
+    A slow tokenizer is read through its fast twin (`offsets.with_offsets`): the same ids, with character offsets.
+    """
     rows = {len(texts) for texts in blocks}
     if len(questions) != len(blocks) or len(rows) != 1:
         raise ValueError(f"Need the same number of blocks for each of the {len(questions)} questions; got "
@@ -37,7 +42,7 @@ def reader_inputs(tokenizer, questions: list[str], blocks: list[list[str]], max_
     (num_rows,) = rows
     firsts = [q for q, texts in zip(questions, blocks, strict=True) for _ in texts]
     seconds = [text for texts in blocks for text in texts]
-    encoding = tokenizer(firsts, seconds, padding=True, truncation=True, max_length=max_length,
+    encoding = with_offsets(tokenizer)(firsts, seconds, padding=True, truncation=True, max_length=max_length,
                          return_special_tokens_mask=True, return_offsets_mapping=True, return_tensors="pt")
     # [batch * rows, seq]
     block_mask = ~encoding["special_tokens_mask"].bool() & encoding["token_type_ids"].bool()

@@ -80,6 +80,16 @@ class RealmTokenizerFast(CandidateEncodingMixin, BertTokenizer):
         if vocab_file is not None:
             self.vocab_file = vocab_file
 
+    def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
+        """`[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]` (4.x's RealmTokenizerFast had it; transformers 5 dropped it)."""
+        pair = [] if token_ids_1 is None else list(token_ids_1) + [self.sep_token_id]
+        return [self.cls_token_id] + list(token_ids_0) + [self.sep_token_id] + pair
+
+    def create_token_type_ids_from_sequences(self, token_ids_0, token_ids_1=None):
+        """0 for `[CLS] A [SEP]`, 1 for `B [SEP]` (as 4.x's RealmTokenizerFast)."""
+        second = [] if token_ids_1 is None else [1] * (len(token_ids_1) + 1)
+        return [0] * (len(token_ids_0) + 2) + second
+
 
 class RealmTokenizer(CandidateEncodingMixin, BertTokenizerLegacy):
     """Pure-Python REALM tokenizer, identical ids to `RealmTokenizerFast`."""

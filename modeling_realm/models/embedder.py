@@ -35,6 +35,15 @@ class RealmEmbedder(RealmPreTrainedModel):
     def set_input_embeddings(self, value):
         self.realm.embeddings.word_embeddings = value
 
+    def get_output_embeddings(self):
+        """The decoder of the unused MLM head: `resize_token_embeddings` resizes it with the vocabulary, so a resized
+        model saves and reloads (it is never tied to the word embeddings, as in 4.x)."""
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None):
         """input_ids `[batch, seq]` (long) -> `RealmEmbedderOutput.projected_score` `[batch, retriever_proj_size]`."""

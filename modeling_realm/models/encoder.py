@@ -1,5 +1,6 @@
 """`RealmKnowledgeAugEncoder`: masked-LM over `[CLS] query [SEP] block [SEP]`, marginalised over blocks."""
 
+import torch
 from transformers.modeling_outputs import MaskedLMOutput
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
@@ -50,10 +51,10 @@ class RealmKnowledgeAugEncoder(RealmPreTrainedModel):
         logits: `[batch * num_candidates, seq, vocab]`. With `labels` `[batch, seq]` (-100 = ignore) and
         `relevance_score` `[batch, num_candidates]`, `loss` is the marginal masked-LM loss of
         `losses.marginal_mlm_loss`, averaged with weights `mlm_mask` `[batch, seq]` (default: all positions).
+        Without `relevance_score` every candidate of a query is equally relevant (flat `[rows, seq]` inputs with
+        `[rows, seq]` labels: one candidate each, the plain masked-LM loss), as transformers' common training
+        tests call a masked-LM model.
         """
-        if labels is not None and relevance_score is None:
-            raise ValueError("RealmKnowledgeAugEncoder needs relevance_score [batch, num_candidates] to compute "
-                             "the loss for labels.")
         check_rank("RealmKnowledgeAugEncoder input_ids", input_ids, (2, 3), "[batch, num_candidates, seq]")
         check_rank("RealmKnowledgeAugEncoder labels", labels, (2,), "[batch, seq]")
         check_rank("RealmKnowledgeAugEncoder relevance_score", relevance_score, (2,), "[batch, num_candidates]")
@@ -65,6 +66,9 @@ class RealmKnowledgeAugEncoder(RealmPreTrainedModel):
         prediction_scores = self.cls(outputs.last_hidden_state)
         loss = None
         if labels is not None:
+            if relevance_score is None:
+                relevance_score = uniform_relevance(input_ids if input_ids is not None else inputs_embeds, labels,
+                                                    prediction_scores.shape[0])
             batch, num_candidates = relevance_score.shape
             if prediction_scores.shape[0] != batch * num_candidates:
                 raise ValueError(
@@ -77,3 +81,20 @@ class RealmKnowledgeAugEncoder(RealmPreTrainedModel):
         result = MaskedLMOutput(loss=loss, logits=prediction_scores, hidden_states=outputs.hidden_states,
                                 attentions=outputs.attentions)
         return result if self._resolve_return_dict(return_dict) else result.to_tuple()
+
+
+def uniform_relevance(inputs, labels, sequences: int):
+    """Equal relevance `[batch, num_candidates]` (zeros) for `labels` `[batch, seq]` over `sequences` joint inputs.
+
+    inputs: `[batch, num_candidates, seq(, hidden)]` gives num_candidates; flat inputs `[batch * num_candidates, ...]`
+    take it from the labels' batch.
+    """
+    batch = labels.shape[0]
+    if inputs.dim() == (4 if inputs.is_floating_point() else 3):
+        batch, num_candidates = inputs.shape[:2]
+    elif sequences % batch == 0:
+        num_candidates = sequences // batch
+    else:
+        raise ValueError(f"labels has {batch} rows for {sequences} joint sequences, which is not a whole number of "
+                         "candidates per query; pass relevance_score [batch, num_candidates].")
+    return labels.new_zeros((batch, num_candidates), dtype=torch.float32)

@@ -151,3 +151,12 @@ def evaluation_mode(module: nn.Module):
             state["_evaluation_depth"] -= 1
             if state["_evaluation_depth"] == 0:
                 module.train(state.pop("_evaluation_restore"))
+
+
+def resize_towers(model, towers, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+    """`resize_token_embeddings` of a model made of towers (`RealmEmbedder`s, `RealmReader`): every distinct tower
+    is resized (its unused MLM head too) and the model's config follows. Returns the first tower's embeddings."""
+    distinct = list({id(tower): tower for tower in towers}.values())
+    resized = [tower.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing) for tower in distinct]
+    model.config.vocab_size = resized[0].weight.shape[0]
+    return resized[0]

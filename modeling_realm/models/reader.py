@@ -30,6 +30,21 @@ class RealmReader(RealmPreTrainedModel):
         self.qa_outputs = RealmReaderProjection(config)
         self.post_init()
 
+    def get_input_embeddings(self):
+        return self.realm.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.realm.embeddings.word_embeddings = value
+
+    def get_output_embeddings(self):
+        """The decoder of the unused MLM head: `resize_token_embeddings` resizes it with the vocabulary, so a resized
+        model saves and reloads (it is never tied to the word embeddings, as in 4.x)."""
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
     def score_spans(self, input_ids, attention_mask, token_type_ids, block_mask, relevance_score, **backbone_kwargs):
         """Span scores of reader inputs `[rows, seq]` given their blocks' relevance `[rows]`.
 

@@ -8,7 +8,7 @@ load. Both layouts save and reload with no shared tensors.
 """
 
 from modeling_realm.models.embedder import RealmEmbedder
-from modeling_realm.models.pretrained import RealmPreTrainedModel, check_rank, flatten_candidates
+from modeling_realm.models.pretrained import RealmPreTrainedModel, check_rank, flatten_candidates, resize_towers
 
 
 class RealmTwoTowerModel(RealmPreTrainedModel):
@@ -27,6 +27,18 @@ class RealmTwoTowerModel(RealmPreTrainedModel):
     def get_block_embedder(self):
         """The block tower (what `index_builder` encodes with and fingerprints)."""
         return self.embedder
+
+    def get_input_embeddings(self):
+        """The query tower's word embeddings (the model's `input_ids` are queries)."""
+        return self.query_embedder.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.query_embedder.set_input_embeddings(value)
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Resize the vocabulary of both towers (one when they are shared)."""
+        return resize_towers(self, [self.query_embedder, self.embedder], new_num_tokens, pad_to_multiple_of,
+                             mean_resizing)
 
     @property
     def query_embedder(self):

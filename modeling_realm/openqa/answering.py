@@ -12,6 +12,7 @@ import torch
 from modeling_realm.models.pretrained import evaluation_mode
 from modeling_realm.models.spans import ranked_spans
 from modeling_realm.retrieval import RetrievedBlocks, check_index, check_mode, retrieve_blocks
+from tokenization.offsets import with_offsets
 from tokenization.reader_inputs import ReaderBatch, reader_inputs
 from tokenization.sentences import is_blank
 
@@ -61,6 +62,7 @@ def answer_questions(model, tokenizer, questions: list[str], top_k: int = 1, bat
         raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}.")
     check_index(model.index, model.config.retriever_proj_size)
     check_mode(model.index, retrieval)
+    tokenizer = with_offsets(tokenizer)  # a slow tokenizer: its fast twin, so every id comes from one tokenizer
     results = []
     with evaluation_mode(model):  # answers never depend on dropout, even right after training
         for start in range(0, len(questions), batch_size):
@@ -74,6 +76,7 @@ def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) 
     context (`reader_seq_len` tokens, overlapping by a quarter) with zero retrieval score."""
     if not isinstance(context, str) or is_blank(context):
         raise ValueError("context must be a non-empty string (or leave it out to retrieve from the index).")
+    tokenizer = with_offsets(tokenizer)  # a slow tokenizer: its fast twin, so every id comes from one tokenizer
     tokenize_questions(tokenizer, [question], model.config, model.device)  # validates question
     length = model.config.reader_seq_len
     question = shortened_question(tokenizer, question, length)
@@ -101,7 +104,8 @@ def shortened_question(tokenizer, question: str, length: int) -> str:
     holds the context; a question longer than the window could not be read with any of it)."""
     budget = max(1, length // 2 - 2)  # [CLS] question [SEP] context [SEP]
     with TOKENIZER_LOCK:
-        offsets = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = with_offsets(tokenizer)(question, add_special_tokens=False,
+                                          return_offsets_mapping=True)["offset_mapping"]
     if len(offsets) <= budget:
         return question
     logger.warning("The question has %d tokens; reading a passage keeps its first %d (half of reader_seq_len=%d).",

@@ -11,6 +11,7 @@ import torch
 from modeling_realm.openqa.answering import reader_blocks, tokenize_questions
 from modeling_realm.openqa.answers import compile_answer_pattern
 from modeling_realm.retrieval import check_index
+from tokenization.offsets import with_offsets
 from tokenization.reader_inputs import answer_token_spans, char_span_to_tokens, reader_inputs, span_tensors
 
 
@@ -33,6 +34,7 @@ def training_batch(model, tokenizer, questions: list[str], answers: list[list[st
         raise ValueError("Every question needs a non-empty list of answers (one list per question).")
     config = model.config
     check_index(model.index, config.retriever_proj_size)
+    tokenizer = with_offsets(tokenizer)  # a slow tokenizer: its fast twin, so every id comes from one tokenizer
     k = min(num_blocks or config.searcher_beam_size, len(model.index))
     rows = min(config.reader_beam_size, k)
     inputs = tokenize_questions(tokenizer, questions, config, model.device)

@@ -6,7 +6,7 @@ from transformers import initialization as init
 from modeling_realm.models.embedder import RealmEmbedder
 from modeling_realm.models.losses import span_losses
 from modeling_realm.models.outputs import RealmForOpenQAOutput
-from modeling_realm.models.pretrained import RealmPreTrainedModel, check_rank
+from modeling_realm.models.pretrained import RealmPreTrainedModel, check_rank, resize_towers
 from modeling_realm.models.reader import RealmReader
 from modeling_realm.models.spans import best_span, check_reader_length, gold_span_mask
 from modeling_realm.openqa.answering import answer_questions
@@ -69,6 +69,17 @@ class RealmForOpenQA(RealmPreTrainedModel):
     def get_block_embedder(self):
         """None: this model holds only the question tower; its block embeddings are the precomputed `block_emb`."""
         return None
+
+    def get_input_embeddings(self):
+        """The question tower's word embeddings (the model's `input_ids` are questions)."""
+        return self.embedder.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.embedder.set_input_embeddings(value)
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Resize the vocabulary of the question tower and of the reader."""
+        return resize_towers(self, [self.embedder, self.reader], new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     def _answer_tokenizer(self):
         if self.tokenizer is None:

@@ -305,12 +305,18 @@ def test_tokenizer_without_additive_counts_is_recounted(tmp_path, tokenizer):
     _check_blocks(blocks, corpus, other, 7)
 
 
-def test_split_into_blocks_rejects_bad_arguments(tokenizer):
+def test_slow_tokenizer_gives_the_blocks_of_the_fast_one(tokenizer):
     from tokenization import RealmTokenizer
 
+    texts = ["Alan Turing was born in London. " * (i % 4 + 1) + "The cat is cute. " * (i % 3) for i in range(6)]
+    corpus = Dataset.from_list([{"doc_id": str(i), "title": str(i), "text": t} for i, t in enumerate(texts)])
+    slow = split_into_blocks(corpus, RealmTokenizer(vocab_file=str(VOCAB)), max_block_length=9)
+    assert len(slow) > len(texts)
+    assert slow.to_dict() == split_into_blocks(corpus, tokenizer, max_block_length=9).to_dict()
+
+
+def test_split_into_blocks_rejects_bad_arguments(tokenizer):
     corpus = Dataset.from_list(DOCS)
-    with pytest.raises(TypeError, match="fast tokenizer"):
-        split_into_blocks(corpus, RealmTokenizer(vocab_file=str(VOCAB)))
     with pytest.raises(ValueError, match=r"lacks the columns \['text'\].*load_corpus"):
         split_into_blocks(corpus.remove_columns("text"), tokenizer)
     with pytest.raises(ValueError, match="max_block_length must be a positive int"):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from tokenization.masking.salient_spans import as_generator, find_salient_spans_batch, salient_spans_per_sentence
+from tokenization.offsets import with_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def make_masked_batch(tokenizer, texts: list[str], masking: str = "salient", rng
     """Tokenise and mask `texts` for the masked language model.
 
     Args:
-        tokenizer: a fast BERT WordPiece tokenizer (`RealmTokenizerFast`, `BertTokenizerFast`).
+        tokenizer: a BERT WordPiece tokenizer (`RealmTokenizerFast`, `BertTokenizerFast`; a slow one is read
+            through its fast twin, `offsets.with_offsets`).
         texts (`list[str]`): the queries (blocks or parts of blocks).
         masking (`str`): `"salient"`, `"random_token"` or `"random_span"`.
         rng (`int` or `numpy.random.Generator`, *optional*): seed or generator; the same seed gives the same batch.
@@ -191,9 +193,7 @@ def _fallback_positions(candidate, rng, fallback, probability, max_span_width) -
 # ---- encoding ----------------------------------------------------------------------------------------------------
 def _encode(tokenizer, texts: list[str], max_length: int) -> dict:
     """`[CLS] text [SEP]` padded to `max_length`, as numpy arrays, with offsets and the maskable positions."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise TypeError(f"Masking needs a fast tokenizer (character offsets), got {type(tokenizer).__name__}; use "
-                        "RealmTokenizerFast or BertTokenizerFast.")
+    tokenizer = with_offsets(tokenizer)  # a slow tokenizer: its fast twin (same ids, with offsets)
     if tokenizer.mask_token_id is None:
         raise ValueError("The tokenizer has no [MASK] token; use a BERT WordPiece vocabulary that has one.")
     if not isinstance(max_length, int) or max_length < 3:

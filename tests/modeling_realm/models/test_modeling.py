@@ -65,6 +65,19 @@ def test_encoder_logits_shape_and_loss_matches_hand_computation():
     torch.testing.assert_close(out.loss, -torch.stack(terms).mean())
 
 
+def test_encoder_without_relevance_treats_candidates_as_equally_relevant():
+    """A difference from 4.x (which needed relevance_score for a loss): transformers' common training inputs, flat
+    ids with labels of the same rows, give the plain masked-LM loss; 3-d inputs a uniform marginal."""
+    model = perturb_(RealmKnowledgeAugEncoder(tiny_config())).eval()
+    input_ids, labels = ids(2, 2, SEQ), ids(2, SEQ)
+    uniform = model(input_ids=input_ids, relevance_score=torch.zeros(2, 2), labels=labels).loss
+    torch.testing.assert_close(model(input_ids=input_ids, labels=labels).loss, uniform)
+    flat = model(input_ids=input_ids[:, 0], labels=labels)
+    plain = torch.nn.functional.cross_entropy(flat.logits.reshape(-1, 106), labels.reshape(-1))
+    torch.testing.assert_close(flat.loss, plain)
+    torch.testing.assert_close(model(input_ids=input_ids.view(4, SEQ), labels=labels).loss, uniform)
+
+
 def test_reader_enumerates_spans_inside_the_block_only():
     config = tiny_config()
     model = perturb_(RealmReader(config)).eval()
@@ -165,8 +178,8 @@ def test_reader_rejects_short_sequences_and_missing_inputs():
 def test_encoder_rejects_mismatched_candidates():
     model = RealmKnowledgeAugEncoder(tiny_config())
     labels = ids(2, SEQ)
-    with pytest.raises(ValueError, match="needs relevance_score"):
-        model(input_ids=ids(2, 2, SEQ), labels=labels)
+    with pytest.raises(ValueError, match="labels has 3 rows for 4 joint sequences"):
+        model(input_ids=ids(4, SEQ), labels=ids(3, SEQ))
     with pytest.raises(ValueError, match="relevance_score has 3 candidates for 2 queries, but the encoder got 4"):
         model(input_ids=ids(2, 2, SEQ), relevance_score=torch.zeros(2, 3), labels=labels)
 

@@ -391,8 +391,6 @@ def test_argument_errors(fixture_tokenizer):
         make_masked_batch(fixture_tokenizer, ["a"], "random_token", probability=1.5)
     with pytest.raises(ValueError, match="one list of"):
         make_masked_batch(fixture_tokenizer, ["a", "b"], "salient", spans=[[]])
-    with pytest.raises(TypeError, match="fast tokenizer"):
-        make_masked_batch(RealmTokenizer(vocab_file=str(VOCAB)), ["a"], "random_token")
     with pytest.raises(ValueError, match="backend="):
         find_salient_spans("a", backend="stanza")
     with pytest.raises(TypeError, match="rng must be"):
@@ -425,3 +423,14 @@ def test_a_real_spacy_pipeline_finds_the_spans_of_every_block(real_spacy_pipelin
     for _ in range(5):  # one span per sentence, inside it
         chosen = salient_spans_per_sentence(first, rng, spans=[tuple(s) for s in blocks["salient_spans"][0]])
         assert len(chosen) == 2 and chosen[0][1] <= first.index("She") <= chosen[1][0]
+
+
+@pytest.mark.parametrize("masking", MASKINGS)
+def test_slow_tokenizer_masks_like_the_fast_one(fixture_tokenizer, masking):
+    texts = ["Alan Turing was born in London in 1912.", "the eiffel tower is in paris, france."]
+    slow = make_masked_batch(RealmTokenizer(vocab_file=str(VOCAB)), texts, masking, rng=3, max_length=16,
+                             backend="regex")
+    fast = make_masked_batch(fixture_tokenizer, texts, masking, rng=3, max_length=16, backend="regex")
+    assert slow.keys() == fast.keys()
+    for key in fast:
+        assert torch.equal(slow[key], fast[key]), key
