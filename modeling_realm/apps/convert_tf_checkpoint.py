@@ -62,14 +62,14 @@ def check_model_output(parser, output: str, overwrite: bool) -> None:
 
 
 def model_class(model_type: str):
-    from modeling_realm import (
+    from modeling_realm.models import (
         RealmEmbedder,
-        RealmForOpenQA,
         RealmKnowledgeAugEncoder,
         RealmReader,
         RealmRetriever,
         RealmScorer,
     )
+    from modeling_realm.openqa.model import RealmForOpenQA
 
     return {"embedder": RealmEmbedder, "scorer": RealmScorer, "retriever": RealmRetriever,
             "encoder": RealmKnowledgeAugEncoder, "reader": RealmReader, "openqa": RealmForOpenQA}[model_type]

@@ -24,8 +24,8 @@ def _byte_table() -> np.ndarray:
 TABLE = _byte_table()
 
 
-def _raw_update(register: int, data: bytes) -> int:
-    """Advance a register over `data` one byte at a time (for short tails)."""
+def bytewise_update(register: int, data: bytes) -> int:
+    """Advance a register over `data` one byte at a time (short tails; the reference the tests compare with)."""
     for byte in data:
         register = int(TABLE[(register ^ byte) & 0xFF]) ^ (register >> 8)
     return register
@@ -88,7 +88,7 @@ def _update(register: int, array: np.ndarray) -> int:
             register = int(shifted[0]) ^ _lanes_register(array[:body], lanes)
             array = array[body:]
         lanes //= 16
-    return _raw_update(register, array.tobytes())
+    return bytewise_update(register, array.tobytes())
 
 
 def crc32c(data) -> int:

@@ -10,6 +10,7 @@ that each tensor's byte count equals its shape times its dtype's size and lies i
 then checked against their stored CRC-32C as they are read (`verify=False` skips that).
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,7 +201,7 @@ class TFCheckpoint:
                 continue  # refused when read (partitioned variables, strings): never needed by REALM's weights
             if not 0 <= entry.shard < self.num_shards:
                 raise CheckpointFormatError(f"{entry.name} names shard {entry.shard} of {self.num_shards}")
-            expected = int(np.prod(entry.shape, dtype=np.int64)) * dtype.itemsize
+            expected = math.prod(entry.shape) * dtype.itemsize  # Python ints: a crafted shape cannot overflow
             if entry.size != expected:
                 raise CheckpointFormatError(f"{entry.name} has {entry.size} bytes, but shape {list(entry.shape)} "
                                             f"of {dtype} needs {expected}")

@@ -167,8 +167,19 @@ def load_tf_checkpoint(model_class, checkpoints, config: RealmConfig | None = No
     model = model_class(config)
     state = {key: _tensor(holders[tf_name].read(tf_name, verify=verify), transpose)
              for tf_name, (key, transpose) in mapped.items()}
+    fill_unused_decoders(state, model.state_dict())
     model.load_state_dict(state, strict=False)
     return model.eval()
+
+
+def fill_unused_decoders(state: dict, expected: dict) -> None:
+    """Give an MLM decoder that is not tied (the embedder's and reader's unused heads) the word embeddings of its
+    tower, as BERT's TensorFlow head computes its logits, instead of leaving random values."""
+    suffix = "cls.predictions.decoder.weight"
+    for key in expected:
+        source = key[: -len(suffix)] + "realm.embeddings.word_embeddings.weight"
+        if key.endswith(suffix) and key not in state and source in state:
+            state[key] = state[source].clone()  # [vocab, hidden]
 
 
 def _tensor(array: np.ndarray, transpose: bool) -> torch.Tensor:
