@@ -226,10 +226,11 @@ class TFCheckpoint:
         if entry.sliced or dtype is None:
             kind = "a partitioned variable" if entry.sliced else f"of TensorFlow dtype {entry.dtype}"
             raise CheckpointFormatError(f"{name} is {kind}, which this reader does not load")
+        data = bytearray(entry.size)  # writable, so that torch can share it without a copy
         with open(shard_path(self.prefix, entry.shard, self.num_shards), "rb") as handle:
             handle.seek(entry.offset)
-            data = handle.read(entry.size)
-        if len(data) != entry.size:
+            count = handle.readinto(data)
+        if count != entry.size:
             raise CheckpointFormatError(f"{name}: its data shard ended early (truncated while reading)")
         if verify and entry.crc32c is not None and masked(crc32c(data)) != entry.crc32c:
             raise CheckpointFormatError(f"{name} fails its CRC-32C checksum: the data shard is corrupted; copy the "

@@ -11,7 +11,6 @@ import logging
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from modeling_realm.models.configuration import RealmConfig
@@ -165,23 +164,27 @@ def load_tf_checkpoint(model_class, checkpoints, config: RealmConfig | None = No
     logger.info("Loading %d TF variables into %s; skipped %d (training state or another model's part).",
                 len(mapped), name, len(skipped))
     model = model_class(config)
-    state = {key: _tensor(holders[tf_name].read(tf_name, verify=verify), transpose)
-             for tf_name, (key, transpose) in mapped.items()}
-    fill_unused_decoders(state, model.state_dict())
-    model.load_state_dict(state, strict=False)
+    copy_weights(model, holders, mapped, verify)
     return model.eval()
 
 
-def fill_unused_decoders(state: dict, expected: dict) -> None:
+@torch.no_grad()
+def copy_weights(model, holders, mapped, verify: bool) -> None:
+    """Read the variables one at a time into the model's tensors (peak memory: the model plus one variable)."""
+    targets = model.state_dict()  # tensors sharing the parameters' storage (tied ones included)
+    for tf_name, (key, transpose) in mapped.items():
+        source = torch.from_numpy(holders[tf_name].read(tf_name, verify=verify))
+        # a TF kernel [in, out] -> a torch Linear weight [out, in]
+        targets[key].copy_(source.T if transpose else source)
+    fill_unused_decoders(targets, mapped)
+
+
+def fill_unused_decoders(targets: dict, mapped) -> None:
     """Give an MLM decoder that is not tied (the embedder's and reader's unused heads) the word embeddings of its
     tower, as BERT's TensorFlow head computes its logits, instead of leaving random values."""
+    loaded = {key for key, _ in mapped.values()}
     suffix = "cls.predictions.decoder.weight"
-    for key in expected:
+    for key, tensor in targets.items():
         source = key[: -len(suffix)] + "realm.embeddings.word_embeddings.weight"
-        if key.endswith(suffix) and key not in state and source in state:
-            state[key] = state[source].clone()  # [vocab, hidden]
-
-
-def _tensor(array: np.ndarray, transpose: bool) -> torch.Tensor:
-    # a TF kernel [in, out] -> a torch Linear weight [out, in]
-    return torch.from_numpy(np.array(array.T if transpose else array, order="C", copy=True))
+        if key.endswith(suffix) and source in loaded and tensor.data_ptr() != targets[source].data_ptr():
+            tensor.copy_(targets[source])  # [vocab, hidden]
