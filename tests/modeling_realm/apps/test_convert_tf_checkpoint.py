@@ -1,16 +1,18 @@
 """realm-convert-tf-checkpoint: a TF checkpoint -> a safetensors model directory that from_pretrained reads."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from modeling_realm import RealmReader
+from modeling_realm import RealmEmbedder, RealmReader
 from modeling_realm.apps.convert_tf_checkpoint import main
 from modeling_realm.models.tf_checkpoint import open_checkpoints
 from tests.helpers import FIXTURES, VOCAB
 from tests.modeling_realm.models.test_tf_checkpoint import check_outputs
 from tests.tf_bundle_writer import write_checkpoint
+from tokenization import RealmTokenizerFast
 
 TF = FIXTURES / "tf_checkpoints"
 
@@ -62,3 +64,19 @@ def test_help_explains_itself(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "--model-type" in text and "encoded/encoded.ckpt" in text and "TensorFlow is not needed" in text
+
+
+def test_a_tf_hub_module_converts_with_its_vocabulary(tmp_path, capsys):
+    """A TF-Hub module directory (variables/variables.*, assets/vocab.txt), as google released the embedder."""
+    module = tmp_path / "embedder"
+    (module / "variables").mkdir(parents=True)
+    (module / "assets").mkdir()
+    for path in (TF / "embedder").glob("model.ckpt.*"):
+        shutil.copy(path, module / "variables" / path.name.replace("model.ckpt", "variables"))
+    shutil.copy(VOCAB, module / "assets" / "vocab.txt")
+    output = tmp_path / "realm-embedder"
+    main([str(module), "--model-type", "embedder", "--output", str(output), "--config",
+          str(TF / "embedder" / "config.json"), "--quiet"])
+    assert json.loads(capsys.readouterr().out)["tokenizer"] == str(module / "assets" / "vocab.txt")
+    check_outputs(RealmEmbedder.from_pretrained(output).eval(), "embedder")
+    assert RealmTokenizerFast.from_pretrained(output).tokenize("paris") == ["paris"]
