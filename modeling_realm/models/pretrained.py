@@ -16,6 +16,7 @@ from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertMod
 from modeling_realm.hub.sharing import push_model, save_for_sharing
 from modeling_realm.models.checkpoint_checks import check_local_checkpoint
 from modeling_realm.models.configuration import RealmConfig
+from modeling_realm.models.tf_checkpoint import load_tf_checkpoint
 
 # Ties inside every `cls.predictions` head, as in 4.x (`decoder.bias` is the head's `bias`).
 PREDICTION_BIAS_TIE = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
@@ -45,10 +46,35 @@ class RealmPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' `from_pretrained`; a local directory is checked first (config.json present, safetensors
-        readable, saved by a class whose weights this one uses: `checkpoint_checks`)."""
+        readable, saved by a class whose weights this one uses: `checkpoint_checks`).
+
+        With `from_tf=True`, `pretrained_model_name_or_path` is a google TensorFlow checkpoint (or a list of them),
+        read by `from_tf_checkpoint` (only `config` and `verify_checksums` apply then).
+        """
+        if kwargs.pop("from_tf", False):
+            return cls._from_tf_arguments(pretrained_model_name_or_path, args, kwargs)
         check_local_checkpoint(pretrained_model_name_or_path, cls.__name__,
                                config_given=kwargs.get("config") is not None)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
+    def from_tf_checkpoint(cls, checkpoint, config: RealmConfig | None = None, verify_checksums: bool = True):
+        """This class with the weights of google's original TensorFlow REALM/ORQA checkpoint, in eval mode.
+
+        `checkpoint`: a checkpoint directory, a prefix (`dir/model.ckpt-1000`), its `.index` file, or a list of
+        them (an open-QA model with its `encoded.ckpt` of block embeddings). TensorFlow is not needed. The sizes
+        come from `config`, or else from the weights. See `models/tf_checkpoint.py` and docs/models.md.
+        """
+        return load_tf_checkpoint(cls, checkpoint, config=config, verify=verify_checksums)
+
+    @classmethod
+    def _from_tf_arguments(cls, checkpoint, args, kwargs):
+        options = {k: kwargs.pop(k) for k in ("config", "verify_checksums") if k in kwargs}
+        if args or kwargs:
+            raise TypeError(f"from_pretrained(..., from_tf=True) takes only config and verify_checksums, not "
+                            f"{sorted(kwargs) or list(args)}; load the TensorFlow checkpoint, then call "
+                            "save_pretrained and from_pretrained with those arguments.")
+        return cls.from_tf_checkpoint(checkpoint, **options)
 
     def save_pretrained(self, save_directory, *args, tokenizer=None, model_card: bool = True, **kwargs):
         """transformers' `save_pretrained` (model.safetensors, config.json), plus what sharing needs.
