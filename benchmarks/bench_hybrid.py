@@ -1,7 +1,7 @@
 """Lexical and hybrid search at scale: build time, size on disk, serving memory and latency next to dense IVF-PQ.
 
     python benchmarks/bench_hybrid.py --num-blocks 1000000 2000000      # README table (~30 min on 2 cores)
-    python benchmarks/bench_hybrid.py --num-blocks 20000 --queries 50  # smoke test
+    python benchmarks/bench_hybrid.py --quick                           # smoke test (5,000 blocks)
 
 For each size, synthetic blocks with texts (synthetic_embeddings.py: clustered 128-d embeddings, ~190 Zipf-distributed
 pseudo-words of a 20,000-word vocabulary per block, so postings are longer than real text's) are saved as a
@@ -54,7 +54,7 @@ def build(num_blocks: int, work_dir: Path) -> dict:
     directory = work_dir / f"hybrid-index-{num_blocks}"
     blocks = datasets.Dataset.from_file(str(paths["texts"]), in_memory=False)
     embeddings = np.load(paths["embeddings"], mmap_mode="r")
-    nlist = int(4 * np.sqrt(num_blocks)) // 64 * 64 or 64
+    nlist = max(64, int(4 * np.sqrt(num_blocks)) // 64 * 64)
     started = time.perf_counter()
     index = BlockIndex.build(blocks, embeddings, directory, factory=f"IVF{nlist},PQ32", overwrite=True,
                              search_params={"nprobe": 32}, progress=False)
@@ -131,8 +131,12 @@ def parse_args(argv=None):
     parser.add_argument("--queries", type=int, default=200, help="single-query searches per mode (default 200)")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR)
     parser.add_argument("--output-dir", default=None, help="where bench_hybrid.json goes (default: work dir)")
+    parser.add_argument("--quick", action="store_true", help="5,000 blocks, 20 queries: a smoke test")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # the fresh serving process
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_blocks, args.queries = [5000], 20
+    return args
 
 
 def main(argv=None):

@@ -44,10 +44,10 @@ from tokenization import split_into_blocks  # noqa: E402
 KS = (1, 5, 20, 100)
 # (row label, mode, fusion, weight of the dense side)
 SEARCHES = [("dense", "dense", None, None), ("BM25 (lexical part)", "lexical", None, None),
-            ("hybrid rrf, weight 0.5 (default)", "hybrid", "rrf", 0.5),
-            ("hybrid rrf, weight 0.3", "hybrid", "rrf", 0.3),
-            ("hybrid interpolation, weight 0.5", "hybrid", "interpolation", 0.5),
-            ("hybrid interpolation, weight 0.3", "hybrid", "interpolation", 0.3)]
+            ("hybrid interpolation, weight 0.5 (default)", "hybrid", "interpolation", 0.5),
+            ("hybrid interpolation, weight 0.3", "hybrid", "interpolation", 0.3),
+            ("hybrid rrf, weight 0.5", "hybrid", "rrf", 0.5),
+            ("hybrid rrf, weight 0.3", "hybrid", "rrf", 0.3)]
 logger = logging.getLogger("squad_hybrid")
 
 

@@ -28,6 +28,7 @@ from index_builder.index.exact import exact_top_k, gemm_top_k
 from index_builder.index.file_rows import FileRows
 from index_builder.index.fingerprint import block_embedder_of, has_block_embedder, weights_fingerprint
 from index_builder.index.fusion import (
+    DEFAULT_FUSION,
     DEFAULT_WEIGHT,
     check_fusion,
     check_query_texts,
@@ -157,7 +158,7 @@ class BlockIndex:
         return self.lexical is not None
 
     def search(self, query_embeddings=None, k: int | None = None, *, query_texts=None, mode: str | None = None,
-               fusion: str = "rrf", weight: float = DEFAULT_WEIGHT, depth: int | None = None, **search_params):
+               fusion: str = DEFAULT_FUSION, weight: float = DEFAULT_WEIGHT, depth: int | None = None, **search_params):
         """Top-`k` blocks for each query, by embedding (dense), by text (lexical) or both (hybrid).
 
         Args:
@@ -166,7 +167,7 @@ class BlockIndex:
             query_texts: the queries' texts `[batch]`, for the lexical side.
             mode: "dense", "lexical" or "hybrid"; None: hybrid when the index has a lexical part and both embeddings
                 and texts are given, lexical with texts alone, dense otherwise.
-            fusion, weight, depth: hybrid only; how the sides are fused ("rrf" or "interpolation", with `weight` the
+            fusion, weight, depth: hybrid only; how the sides are fused ("interpolation" or "rrf", with `weight` the
                 dense side's share in [0, 1]) and how many candidates each side gives (default max(k, 20)); see
                 index_builder/index/fusion.py.
             **search_params: FAISS knobs for this call only, e.g. nprobe=32 (such a call runs alone, as an edit

@@ -4,7 +4,7 @@ Modes: "dense" (inner products of embeddings, FAISS), "lexical" (BM25 of the que
 side searched `depth` deep, fused over the union of their candidates). `resolve_mode` picks the default: hybrid when
 the index has a lexical part and the query texts are given, lexical with texts only, dense otherwise.
 
-Fusions (for each query, over the union of both sides' candidates):
+Fusions (for each query, over the union of both sides' candidates; interpolation is the default):
 - "rrf", reciprocal rank fusion: score = weight / (RRF_K + dense rank) + (1 - weight) / (RRF_K + lexical rank), ranks
   from 1; a candidate one side did not return gets nothing from that side. Scale-free, so robust to the two sides'
   different score ranges (Cormack et al. 2009; RRF_K = 60 as there).
@@ -19,7 +19,9 @@ import numpy as np
 from tokenization.sentences import is_blank
 
 MODES = ("dense", "lexical", "hybrid")
-FUSIONS = ("rrf", "interpolation")
+FUSIONS = ("interpolation", "rrf")
+DEFAULT_FUSION = "interpolation"  # measured on SQuAD (benchmarks/README.md, section 7): rrf with a weak dense side
+# ranked below BM25 alone, interpolation never did
 RRF_K = 60
 DEFAULT_WEIGHT = 0.5
 MIN_DEPTH = 20  # candidates per side for hybrid search: at least this many, and at least k
@@ -69,7 +71,7 @@ def hybrid_depth(k: int, depth: int | None, total: int) -> int:
     return min(total, max(k, depth if depth is not None else MIN_DEPTH))
 
 
-def fuse(dense_scores, dense_ids, lexical_scores, lexical_ids, k: int, fusion: str = "rrf",
+def fuse(dense_scores, dense_ids, lexical_scores, lexical_ids, k: int, fusion: str = DEFAULT_FUSION,
          weight: float = DEFAULT_WEIGHT):
     """The best `k` of the union of both sides' candidates.
 

@@ -42,6 +42,7 @@ import index_builder.index.faiss_utils as faiss_utils
 from index_builder.index.block_index import DEFAULT_TRAIN_SIZE, BlockIndex
 from index_builder.index.blocks_table import embeddings_of, open_blocks
 from index_builder.index.fusion import (
+    DEFAULT_FUSION,
     DEFAULT_WEIGHT,
     MODES,
     check_fusion,
@@ -175,7 +176,7 @@ class ShardedBlockIndex:
         return self.lexical is not None
 
     def search(self, query_embeddings=None, k: int | None = None, *, query_texts=None, mode: str | None = None,
-               fusion: str = "rrf", weight: float = DEFAULT_WEIGHT, depth: int | None = None, **search_params):
+               fusion: str = DEFAULT_FUSION, weight: float = DEFAULT_WEIGHT, depth: int | None = None, **search_params):
         """Collective: global top-`k` blocks for this rank's queries, searched in every slice (as
         `BlockIndex.search`: by embedding, by text or both; every rank must use the same k and mode).
 

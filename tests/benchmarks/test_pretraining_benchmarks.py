@@ -110,6 +110,18 @@ def test_squad_retrieval_quick_reports_recall_for_every_stage(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "squad").exists(), reason=f"SQuAD passages not found under {SHARED_DATA}")
+def test_squad_hybrid_quick_reports_every_mode(tmp_path):
+    rows, summary = run_benchmark("squad_hybrid.py", "--output-dir", str(tmp_path), timeout=900)
+    names = {row["retrieval"] for row in rows}
+    assert {"RealmRetriever: dense", "BM25 (lexical part)", "mean-pooled MiniLM: hybrid interpolation, weight 0.5 "
+            "(default)"} <= names and summary["passages"] == 30
+    for name, recall in summary["recall"].items():
+        values = [recall[f"recall@{k}"] for k in (1, 5, 20)]
+        assert all(0 <= v <= 100 for v in values) and values == sorted(values), name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "squad").exists(), reason=f"SQuAD passages not found under {SHARED_DATA}")
 def test_squad_openqa_quick_reports_recall_before_and_after_training(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "squad_openqa.py"), "--quick", "--output-dir", str(tmp_path)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)

@@ -76,7 +76,9 @@ def test_default_mode_follows_what_is_given():
     index = lexical_index()
     query = embeddings(1, seed=3)
     default = index.search(query, 4, query_texts=["Paris"])
-    np.testing.assert_array_equal(default[1], index.search(query, 4, query_texts=["Paris"], mode="hybrid")[1])
+    explicit = index.search(query, 4, query_texts=["Paris"], mode="hybrid", fusion="interpolation", weight=0.5)
+    np.testing.assert_array_equal(default[1], explicit[1])
+    np.testing.assert_allclose(default[0], explicit[0])
 
 
 def test_rrf_and_interpolation_follow_their_formulas():
