@@ -82,6 +82,7 @@ def test_top_k_and_max_answer_len(tiny):
     capped = qa(question=questions[0], context=CONTEXT, top_k=5, max_answer_len=1)
     assert spans(capped) == spans([a for a in everything if a["token_end"] == a["token_start"]][:5])
     open_domain = qa(question=questions, top_k=4, max_answer_len=1)
+    assert all(len(answers) == 4 for answers in open_domain)
     assert all(a["token_end"] == a["token_start"] for answers in open_domain for a in answers)
     with pytest.warns(FutureWarning, match="top_k"):
         assert len(qa(question=questions[0], topk=3)) == 3
