@@ -1,5 +1,5 @@
-"""Open-domain QA: `RealmForOpenQA` and its `answer()`, the `"open-domain-qa"` pipeline, fine-tuning batches, QA
-files, answer matching (normalisation, exact and regex match) and the evaluation metrics."""
+"""Open-domain QA: `RealmForOpenQA` and its `answer()`, the `"open-domain-qa"` and `"question-answering"` pipelines,
+fine-tuning batches, QA files, answer matching (normalisation, exact and regex match) and the evaluation metrics."""
 
 from modeling_realm.openqa.answers import (
     compile_answer_pattern,
@@ -22,12 +22,14 @@ from modeling_realm.openqa.metrics import (
 )
 from modeling_realm.openqa.model import RealmForOpenQA
 from modeling_realm.openqa.pipeline import OpenDomainQAPipeline, register_pipeline
+from modeling_realm.openqa.question_answering import RealmQuestionAnsweringPipeline, register_question_answering
 
 __all__ = [
     "DEFAULT_KS",
     "OPEN_QA_METRIC_PATH",
     "OpenDomainQAPipeline",
     "RealmForOpenQA",
+    "RealmQuestionAnsweringPipeline",
     "collate_qa",
     "compile_answer_pattern",
     "evaluate_openqa",
@@ -41,6 +43,7 @@ __all__ = [
     "normalize_answer",
     "regex_match",
     "register_pipeline",
+    "register_question_answering",
     "retrieval_recall",
     "training_batch",
 ]

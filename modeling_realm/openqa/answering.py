@@ -10,6 +10,7 @@ import threading
 import torch
 
 from modeling_realm.models.pretrained import evaluation_mode
+from modeling_realm.models.reader import RealmReader
 from modeling_realm.models.spans import ranked_spans
 from modeling_realm.retrieval import RetrievedBlocks, check_index, check_mode, retrieve_blocks
 from tokenization.offsets import with_offsets
@@ -56,8 +57,9 @@ def reader_blocks(model, question_embeddings: torch.Tensor, k: int, questions: l
 
 
 def answer_questions(model, tokenizer, questions: list[str], top_k: int = 1, batch_size: int = 8,
-                     retrieval: str | None = None) -> list[list[dict]]:
-    """Per question, its `top_k` answers from the model's index, `batch_size` questions per forward pass."""
+                     retrieval: str | None = None, max_answer_len: int | None = None) -> list[list[dict]]:
+    """Per question, its `top_k` answers from the model's index, `batch_size` questions per forward pass; with
+    `max_answer_len`, only answers of at most that many tokens."""
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"top_k and batch_size must be >= 1, got {top_k} and {batch_size}.")
     check_index(model.index, model.config.retriever_proj_size)
@@ -66,14 +68,17 @@ def answer_questions(model, tokenizer, questions: list[str], top_k: int = 1, bat
     results = []
     with evaluation_mode(model):  # answers never depend on dropout, even right after training
         for start in range(0, len(questions), batch_size):
-            results.extend(answer_batch(model, tokenizer, questions[start:start + batch_size], top_k, retrieval))
+            results.extend(answer_batch(model, tokenizer, questions[start:start + batch_size], top_k, retrieval,
+                                        max_answer_len))
     return results
 
 
 @torch.no_grad()
-def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) -> list[dict]:
+def read_context(model, tokenizer, question: str, context: str, top_k: int = 1,
+                 max_answer_len: int | None = None) -> list[dict]:
     """Answer `question` from a given context, without retrieval: the reader scores spans over windows of the
-    context (`reader_seq_len` tokens, overlapping by a quarter) with zero retrieval score."""
+    context (`reader_seq_len` tokens, overlapping by a quarter) with zero retrieval score. `model` is a
+    `RealmForOpenQA` or a `RealmReader` (`span_reader`); `max_answer_len` as in `answer_questions`."""
     if not isinstance(context, str) or is_blank(context):
         raise ValueError("context must be a non-empty string (or leave it out to retrieve from the index).")
     tokenizer = with_offsets(tokenizer)  # a slow tokenizer: its fast twin, so every id comes from one tokenizer
@@ -92,11 +97,17 @@ def read_context(model, tokenizer, question: str, context: str, top_k: int = 1) 
                         encoding["token_type_ids"][None], block_mask[None], offsets[None]).to(model.device)
     windows = batch.input_ids.shape[1]
     with evaluation_mode(model):
-        # [1, windows, num_spans]
-        logits, starts, ends = model._read(batch.input_ids, batch.attention_mask, batch.token_type_ids,
-                                           batch.block_mask, torch.zeros(1, windows, device=model.device))
+        # [windows, num_spans]
+        logits, starts, ends, _ = span_reader(model).score_spans(
+            batch.input_ids[0], batch.attention_mask[0], batch.token_type_ids[0], batch.block_mask[0],
+            torch.zeros(windows, device=model.device))
     window = {"block_id": None, "doc_id": None, "title": "", "text": context}
-    return _top_spans(logits[0], starts, ends, batch, 0, [window] * windows, top_k)
+    return _top_spans(logits, starts, ends, batch, 0, [window] * windows, top_k, max_answer_len)
+
+
+def span_reader(model) -> RealmReader:
+    """The module that scores answer spans: a `RealmReader` itself, or the reader of a `RealmForOpenQA`."""
+    return model if isinstance(model, RealmReader) else model.reader
 
 
 def shortened_question(tokenizer, question: str, length: int) -> str:
@@ -114,7 +125,8 @@ def shortened_question(tokenizer, question: str, length: int) -> str:
 
 
 @torch.no_grad()
-def answer_batch(model, tokenizer, questions: list[str], top_k: int, retrieval: str | None = None) -> list[list[dict]]:
+def answer_batch(model, tokenizer, questions: list[str], top_k: int, retrieval: str | None = None,
+                 max_answer_len: int | None = None) -> list[list[dict]]:
     """Answers for a batch of questions: per question, the `top_k` best spans over its top reader_beam_size blocks."""
     config = model.config
     inputs = tokenize_questions(tokenizer, questions, config, model.device)
@@ -128,7 +140,8 @@ def answer_batch(model, tokenizer, questions: list[str], top_k: int, retrieval: 
     relevance = torch.einsum("bd,bkd->bk", question_embeddings, found.embeddings)
     # [batch, rows, num_spans]
     logits, starts, ends = read_in_passes(model, batch, relevance)
-    return [_top_spans(logits[b], starts, ends, batch, b, found.blocks[b], top_k) for b in range(len(questions))]
+    return [_top_spans(logits[b], starts, ends, batch, b, found.blocks[b], top_k, max_answer_len)
+            for b in range(len(questions))]
 
 
 def read_in_passes(model, batch: ReaderBatch, relevance: torch.Tensor):
@@ -147,14 +160,18 @@ def read_in_passes(model, batch: ReaderBatch, relevance: torch.Tensor):
     return torch.cat(parts), starts, ends
 
 
-def _top_spans(logits, starts, ends, batch: ReaderBatch, b: int, blocks: list[dict], top_k: int) -> list[dict]:
-    """The best `top_k` (block, span) pairs of one question from its logits `[rows, num_spans]`."""
+def _top_spans(logits, starts, ends, batch: ReaderBatch, b: int, blocks: list[dict], top_k: int,
+               max_answer_len: int | None = None) -> list[dict]:
+    """The best `top_k` (block, span) pairs of one question from its logits `[rows, num_spans]`, skipping spans of
+    more than `max_answer_len` tokens (their probabilities stay those over all spans)."""
     answers = []
     for row, span, probability in ranked_spans(logits):
         start, end = int(starts[span]), int(ends[span])
         first, last = batch.offsets[b, row, start].tolist(), batch.offsets[b, row, end].tolist()
         if first[0] < 0 or last[0] < 0:
             break  # only masked-out spans are left
+        if max_answer_len is not None and end - start + 1 > max_answer_len:
+            continue
         block = blocks[row]
         answers.append({"answer": block["text"][first[0]:last[1]], "score": probability,
                         "start": first[0], "end": last[1], "block_id": _maybe_int(block["block_id"]),
