@@ -4,6 +4,7 @@ from modeling_realm.models.heads import RealmScorerProjection
 from modeling_realm.models.outputs import RealmEmbedderOutput
 from modeling_realm.models.pretrained import (
     PREDICTION_BIAS_TIE,
+    BackboneEmbeddingsMixin,
     RealmPreTrainedModel,
     build_backbone,
     check_rank,
@@ -11,7 +12,7 @@ from modeling_realm.models.pretrained import (
 )
 
 
-class RealmEmbedder(RealmPreTrainedModel):
+class RealmEmbedder(BackboneEmbeddingsMixin, RealmPreTrainedModel):
     """Embeds queries or blocks for retrieval; loads `google/realm-cc-news-pretrained-embedder`.
 
     State dict: `realm.*` (BERT) and `cls.*` (projection, plus an unused MLM head kept for compatibility).
@@ -28,21 +29,6 @@ class RealmEmbedder(RealmPreTrainedModel):
     def get_block_embedder(self):
         """The module that embeds blocks (what `index_builder` encodes with and fingerprints): this one."""
         return self
-
-    def get_input_embeddings(self):
-        return self.realm.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.realm.embeddings.word_embeddings = value
-
-    def get_output_embeddings(self):
-        """The decoder of the unused MLM head: `resize_token_embeddings` resizes it with the vocabulary, so a resized
-        model saves and reloads (it is never tied to the word embeddings, as in 4.x)."""
-        return self.cls.predictions.decoder
-
-    def set_output_embeddings(self, new_embeddings):
-        self.cls.predictions.decoder = new_embeddings
-        self.cls.predictions.bias = new_embeddings.bias
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None):

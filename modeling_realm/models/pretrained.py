@@ -95,6 +95,25 @@ class RealmPreTrainedModel(PreTrainedModel):
         return push_model(self, repo_id, tokenizer=tokenizer, write_card=model_card, **kwargs)
 
 
+class BackboneEmbeddingsMixin:
+    """Embedding accessors of a model whose BERT is `self.realm` and whose unused MLM head is `self.cls.predictions`
+    (RealmEmbedder, RealmReader): `resize_token_embeddings` resizes that head with the vocabulary, so a resized model
+    saves and reloads (it is never tied to the word embeddings, as in 4.x)."""
+
+    def get_input_embeddings(self):
+        return self.realm.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.realm.embeddings.word_embeddings = value
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+
 def build_backbone(config: RealmConfig) -> BertModel:
     """The BERT encoder of one REALM tower (with pooler, as all of google's checkpoints have one)."""
     bert = BertModel(config, add_pooling_layer=True)

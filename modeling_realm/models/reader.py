@@ -6,6 +6,7 @@ from modeling_realm.models.losses import span_losses
 from modeling_realm.models.outputs import RealmReaderOutput
 from modeling_realm.models.pretrained import (
     PREDICTION_BIAS_TIE,
+    BackboneEmbeddingsMixin,
     RealmPreTrainedModel,
     build_backbone,
     check_rank,
@@ -14,7 +15,7 @@ from modeling_realm.models.pretrained import (
 from modeling_realm.models.spans import RealmReaderProjection, best_span, check_reader_length, gold_span_mask
 
 
-class RealmReader(RealmPreTrainedModel):
+class RealmReader(BackboneEmbeddingsMixin, RealmPreTrainedModel):
     """Reads the retrieved blocks of one question and scores answer spans; loads `google/realm-orqa-*-reader`.
 
     State dict: `realm.*` (BERT), `cls.predictions.*` (unused MLM head kept for compatibility) and
@@ -29,21 +30,6 @@ class RealmReader(RealmPreTrainedModel):
         self.cls = BertOnlyMLMHead(config)
         self.qa_outputs = RealmReaderProjection(config)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.realm.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.realm.embeddings.word_embeddings = value
-
-    def get_output_embeddings(self):
-        """The decoder of the unused MLM head: `resize_token_embeddings` resizes it with the vocabulary, so a resized
-        model saves and reloads (it is never tied to the word embeddings, as in 4.x)."""
-        return self.cls.predictions.decoder
-
-    def set_output_embeddings(self, new_embeddings):
-        self.cls.predictions.decoder = new_embeddings
-        self.cls.predictions.bias = new_embeddings.bias
 
     def score_spans(self, input_ids, attention_mask, token_type_ids, block_mask, relevance_score, **backbone_kwargs):
         """Span scores of reader inputs `[rows, seq]` given their blocks' relevance `[rows]`.
