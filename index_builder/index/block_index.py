@@ -123,9 +123,8 @@ class BlockIndex:
             manifest = _new_manifest(index, factory, embedder, embedder_name, search_params)
             manifest.contiguous_ids = bool(np.array_equal(block_ids, np.arange(len(block_ids))))
             if settings is not None:
-                part = lexical_part(written, settings, progress)
-                part.save(staging / LEXICAL_DIR)
-                manifest.lexical, manifest.blocks_digest = part.record(), part.blocks_digest
+                manifest.lexical = write_lexical_part(written, settings, staging / LEXICAL_DIR, progress)
+                manifest.blocks_digest = manifest.lexical["blocks_digest"]
             _write_index_files(staging, index, manifest)
         return cls.load_from_disk(directory, verify=False)
 
@@ -259,30 +258,29 @@ class BlockIndex:
         """
         settings = settings if settings is not None else LexicalSettings(**setting_values)
         with self._lock.writing():
-            self._set_lexical(self._build_lexical(settings, progress))
             if save:
-                self._save_lexical()
+                self._save_lexical(settings, progress)
+            else:
+                self._set_lexical(lexical_part(self.blocks, settings, progress))
         return self
-
-    def _build_lexical(self, settings: LexicalSettings, progress: bool) -> LexicalIndex:
-        return lexical_part(self.blocks, settings, progress)
 
     def _set_lexical(self, lexical: LexicalIndex | None):
         self.lexical = lexical
         self.manifest.lexical = None if lexical is None else lexical.record()
         self.manifest.blocks_digest = None if lexical is None else lexical.blocks_digest
 
-    def _save_lexical(self):
-        """Write the lexical part into `self.directory` in place of any earlier one, then the manifest."""
+    def _save_lexical(self, settings: LexicalSettings, progress: bool):
+        """Write a lexical part straight into `self.directory` (in place of any earlier one), then the manifest."""
         if self.directory is None:
             raise ValueError("save=True writes into the index's directory, and this index has none yet: call "
                              "save_to_disk(directory) instead.")
         directory = Path(self.directory)
         with atomic_directory(directory / LEXICAL_DIR, overwrite=True) as staging:
-            self.lexical.save(staging)
+            record = write_lexical_part(self.blocks, settings, staging, progress)
+        self.manifest.lexical, self.manifest.blocks_digest = record, record["blocks_digest"]
         self.manifest.files.update(file_entries(directory, LEXICAL_FILES))  # blocks.arrow is not hashed again
         self.manifest.write(directory)
-        self.lexical = LexicalIndex.load(directory, self.manifest.lexical)
+        self.lexical = LexicalIndex.load(directory, record)
 
     # ----------------------------------------------------------------- blocks
     def get_blocks(self, block_ids):
@@ -352,7 +350,7 @@ class BlockIndex:
         """BM25 weights depend on every block (document frequencies, average length): an edit rebuilds them."""
         if self.lexical is not None:
             logger.info("Rebuilding the lexical part over the %d blocks after the edit", len(self.blocks))
-            self._set_lexical(self._build_lexical(self.lexical.settings, progress=False))
+            self._set_lexical(lexical_part(self.blocks, self.lexical.settings, progress=False))
 
     # ----------------------------------------------------------------- persistence
     def save_to_disk(self, directory, overwrite: bool = True) -> Path:
@@ -500,10 +498,20 @@ class BlockIndex:
 
 
 def lexical_part(blocks: datasets.Dataset, settings: LexicalSettings, progress: bool) -> LexicalIndex:
-    """BM25 over the title and text of every row of `blocks`, tagged with their digest."""
-    texts = (_joined(batch) for batch in
-             blocks.select_columns(["title", "text"]).with_format("arrow").iter(batch_size=LEXICAL_BATCH))
-    return LexicalIndex.build(texts, len(blocks), settings, blocks_digest(blocks), progress=progress)
+    """BM25 over the title and text of every row of `blocks`, tagged with their digest (held in a temporary
+    folder until saved)."""
+    return LexicalIndex.build(_lexical_texts(blocks), len(blocks), settings, blocks_digest(blocks), progress=progress)
+
+
+def write_lexical_part(blocks: datasets.Dataset, settings: LexicalSettings, folder: Path, progress: bool) -> dict:
+    """Write the lexical part of `blocks` into `folder` (an index's `bm25/` being staged); its manifest entry."""
+    return LexicalIndex.write(_lexical_texts(blocks), len(blocks), settings, blocks_digest(blocks), folder,
+                              progress=progress)
+
+
+def _lexical_texts(blocks: datasets.Dataset):
+    return (_joined(batch) for batch in
+            blocks.select_columns(["title", "text"]).with_format("arrow").iter(batch_size=LEXICAL_BATCH))
 
 
 def _joined(batch: pa.Table) -> pa.Array:

@@ -20,7 +20,7 @@ from tokenization.sentences import is_blank
 
 MODES = ("dense", "lexical", "hybrid")
 FUSIONS = ("interpolation", "rrf")
-DEFAULT_FUSION = "interpolation"  # measured on SQuAD (benchmarks/README.md, section 7): rrf with a weak dense side
+DEFAULT_FUSION = "interpolation"  # measured on SQuAD (benchmarks/README.md, section 8): rrf with a weak dense side
 # ranked below BM25 alone, interpolation never did
 RRF_K = 60
 DEFAULT_WEIGHT = 0.5

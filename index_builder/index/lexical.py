@@ -22,6 +22,9 @@ import logging
 import math
 import os
 import re
+import shutil
+import tempfile
+import weakref
 from bisect import bisect_left
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,15 +32,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm.auto import tqdm
 
+from index_builder.index.lexical_build import write_postings
 from index_builder.index.manifest import LEXICAL_FILES, IndexMismatchError, listed_file
 
 logger = logging.getLogger(__name__)
 
 LEXICAL_DIR = "bm25"
 TERMS_FILE, INDPTR_FILE, ROWS_FILE, WEIGHTS_FILE = LEXICAL_FILES
-BUILD_BATCH = 8192  # blocks tokenized at a time
 DENSE_SCORES = 16  # postings per block above which a query is scored into one array of every block
 
 
@@ -153,60 +155,40 @@ def _stemmer(name: str | None):
 
 
 class LexicalIndex:
-    """BM25 postings of `num_blocks` blocks (rows 0..num_blocks-1 of their table); `search(texts, k)`."""
+    """BM25 postings of `num_blocks` blocks (rows 0..num_blocks-1 of their table), in the files of `folder`;
+    `search(texts, k)`. Made by `write` (into a folder) and `load`, or `build` (into a temporary folder it owns)."""
 
-    def __init__(self, terms: pa.Array, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray,
-                 settings: LexicalSettings, num_blocks: int, blocks_digest: str):
+    def __init__(self, terms: pa.Array, indptr, rows, weights, settings: LexicalSettings, num_blocks: int,
+                 blocks_digest: str, folder: Path):
         self.terms, self.indptr, self.rows, self.weights = terms, indptr, rows, weights
         self.settings, self.num_blocks, self.blocks_digest = settings, int(num_blocks), blocks_digest
+        self.folder = Path(folder)
 
     # ----------------------------------------------------------------- build
+    @staticmethod
+    def write(texts, num_blocks: int, settings: LexicalSettings, blocks_digest: str, folder: Path,
+              progress: bool = True) -> dict:
+        """Write the lexical part of `texts` (batches of strings, lists or Arrow arrays: one per block, title and
+        text together, in row order; `num_blocks` in all) into `folder`; returns its manifest entry."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        sizes = write_postings(texts, num_blocks, settings, Path(folder), tokens_of, progress)
+        return {"method": "bm25", **asdict(settings), "num_blocks": int(num_blocks), **sizes,
+                "blocks_digest": blocks_digest}
+
     @classmethod
     def build(cls, texts, num_blocks: int, settings: LexicalSettings, blocks_digest: str,
               progress: bool = True) -> "LexicalIndex":
-        """Index `texts`, an iterable of batches of strings (lists or Arrow arrays; one string per block, title and
-        text together, in row order), holding `num_blocks` strings in all."""
-        vocabulary: dict[str, int] = {}
-        pieces, lengths = [], []
-        first = 0
-        with tqdm(total=num_blocks, desc="Indexing terms (BM25)", unit="block", disable=not progress) as bar:
-            for batch in texts:
-                batch = batch.to_pylist() if isinstance(batch, pa.Array) else list(batch)
-                words, parents = tokens_of(batch, settings)
-                ids = _term_ids(words, vocabulary)
-                batch_lengths = np.bincount(parents, minlength=len(batch))
-                pieces.append(_counts(ids, batch_lengths, first))
-                lengths.append(batch_lengths)
-                first += len(batch_lengths)
-                bar.update(len(batch_lengths))
-        if first != num_blocks:
-            raise ValueError(f"Got texts for {first} blocks, expected {num_blocks}.")
-        return cls._from_counts(vocabulary, pieces, np.concatenate(lengths or [np.zeros(0, np.int64)]), settings,
-                                blocks_digest)
-
-    @classmethod
-    def _from_counts(cls, vocabulary: dict, pieces: list, lengths: np.ndarray, settings, blocks_digest):
-        num_blocks = len(lengths)
-        if not vocabulary:
-            raise ValueError(f"None of the {num_blocks} blocks has a term to index (every word is a stop word or "
-                             "shorter than two letters); a lexical part would match nothing. Check the corpus, or "
-                             "index with stopwords=None.")
-        # [postings] each: block row, term id (in order of first appearance), term frequency
-        rows = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.int64)
-        term_ids = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.int64)
-        counts = np.concatenate([p[2] for p in pieces]) if pieces else np.zeros(0, np.int64)
-        frequencies = np.bincount(term_ids, minlength=len(vocabulary))  # [terms] blocks holding each term
-        idf = np.log1p((num_blocks - frequencies + 0.5) / (frequencies + 0.5))
-        average = max(float(lengths.mean()), 1e-9) if num_blocks else 1.0
-        norm = settings.k1 * (1 - settings.b + settings.b * lengths / average)  # [blocks]
-        weights = (idf[term_ids] * counts / (counts + norm[rows])).astype(np.float32)
-        words = sorted(vocabulary)
-        rank = np.empty(len(words), dtype=np.int64)  # first-appearance id -> sorted position
-        rank[[vocabulary[w] for w in words]] = np.arange(len(words))
-        order = np.lexsort((rows, rank[term_ids]))
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rank[term_ids], minlength=len(words)))]).astype(np.int64)
-        return cls(pa.array(words, type=pa.string()), indptr, rows[order].astype(np.int32), weights[order],
-                   settings, num_blocks, blocks_digest)
+        """`write` into a temporary folder, removed when the returned index is garbage-collected (an index held in
+        memory; `save` copies its files into an index directory)."""
+        scratch = Path(tempfile.mkdtemp(prefix="realm-bm25-"))
+        try:
+            record = cls.write(texts, num_blocks, settings, blocks_digest, scratch / LEXICAL_DIR, progress)
+            index = cls.load(scratch, record)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        weakref.finalize(index, shutil.rmtree, scratch, True)
+        return index
 
     # ----------------------------------------------------------------- search
     def __len__(self) -> int:
@@ -290,15 +272,13 @@ class LexicalIndex:
                 "num_terms": self.num_terms, "num_postings": self.num_postings, "blocks_digest": self.blocks_digest}
 
     def save(self, folder: Path):
-        """Write the four files into `folder` (the index's `bm25/` folder, while it is being staged)."""
+        """Copy the four files into `folder` (the `bm25/` folder of an index being staged)."""
         folder = Path(folder)
         folder.mkdir(exist_ok=True)
-        with pa.OSFile(str(folder / Path(TERMS_FILE).name), "wb") as sink, \
-                pa.ipc.new_stream(sink, pa.schema([("term", pa.string())])) as writer:
-            writer.write_batch(pa.record_batch([self.terms], names=["term"]))
-        for name, array in ((INDPTR_FILE, self.indptr), (ROWS_FILE, self.rows), (WEIGHTS_FILE, self.weights)):
-            with open(folder / Path(name).name, "wb") as file:
-                np.save(file, np.asarray(array), allow_pickle=False)
+        for name in LEXICAL_FILES:
+            source = self.folder / Path(name).name
+            if source.resolve() != (folder / source.name).resolve():
+                shutil.copyfile(source, folder / source.name)
 
     @classmethod
     def load(cls, directory: Path, record: dict, trusted_root=None) -> "LexicalIndex":
@@ -314,7 +294,7 @@ class LexicalIndex:
         arrays = {name: _read_array(listed_file(directory, name, trusted_root), dtype)
                   for name, dtype in ((INDPTR_FILE, np.int64), (ROWS_FILE, np.int32), (WEIGHTS_FILE, np.float32))}
         index = cls(terms, arrays[INDPTR_FILE], arrays[ROWS_FILE], arrays[WEIGHTS_FILE], settings,
-                    record["num_blocks"], record["blocks_digest"])
+                    record["num_blocks"], record["blocks_digest"], Path(directory) / LEXICAL_DIR)
         index._check_shapes(record, directory)
         return index
 
@@ -357,21 +337,6 @@ class _TermSequence:
 
     def __getitem__(self, i: int) -> str:
         return self.terms[i].as_py()
-
-
-def _term_ids(words: pa.Array, vocabulary: dict) -> np.ndarray:
-    """The id of every word `[tokens]`; new words join `vocabulary` (a Python loop over distinct words only)."""
-    distinct = pc.unique(words)
-    ids = np.fromiter((vocabulary.setdefault(word, len(vocabulary)) for word in distinct.to_pylist()),
-                      dtype=np.int64, count=len(distinct))
-    return ids[np.asarray(pc.index_in(words, value_set=distinct), dtype=np.int64)]
-
-
-def _counts(ids: np.ndarray, lengths: np.ndarray, first_row: int):
-    """(rows, term ids, counts) `[pairs]` of one batch: how often each term occurs in each block."""
-    docs = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # [tokens]
-    pairs, counts = np.unique(docs << 32 | ids, return_counts=True)
-    return (pairs >> 32) + first_row, pairs & 0xFFFFFFFF, counts
 
 
 def _top_k(matched: np.ndarray, scores: np.ndarray, k: int, num_blocks: int):
