@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import weakref
 from bisect import bisect_left
 from dataclasses import asdict, dataclass
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 LEXICAL_DIR = "bm25"
 TERMS_FILE, INDPTR_FILE, ROWS_FILE, WEIGHTS_FILE = LEXICAL_FILES
-DENSE_SCORES = 16  # postings per block above which a query is scored into one array of every block
 
 
 class NoIndexedTermError(ValueError):
@@ -163,6 +163,7 @@ class LexicalIndex:
         self.terms, self.indptr, self.rows, self.weights = terms, indptr, rows, weights
         self.settings, self.num_blocks, self.blocks_digest = settings, int(num_blocks), blocks_digest
         self.folder = Path(folder)
+        self._threads = threading.local()  # each searching thread's score array (see _best)
 
     # ----------------------------------------------------------------- build
     @staticmethod
@@ -213,12 +214,12 @@ class LexicalIndex:
         scores = np.zeros((len(query_texts), k), dtype=np.float32)
         rows = np.zeros((len(query_texts), k), dtype=np.int64)
         for i, terms in enumerate(terms_of(list(query_texts), self.settings)):
-            matched, matched_scores = self.scores_of(terms)
-            if len(matched) == 0 and require_terms:
+            best, best_scores = self._best(self._postings(terms), k)
+            if len(best) == 0 and require_terms:
                 raise NoIndexedTermError(
                     f"Query {query_texts[i][:80]!r} has no term that occurs in the indexed blocks (terms: "
                     f"{terms[:8]}); lexical search cannot rank blocks for it. Search it with mode='dense' or 'hybrid'.")
-            scores[i], rows[i] = _top_k(matched, matched_scores, k, self.num_blocks)
+            scores[i], rows[i] = _completed(best, best_scores, k, self.num_blocks)
         return scores, rows
 
     def candidates(self, query_texts: list[str], depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -230,20 +231,62 @@ class LexicalIndex:
 
     def scores_of(self, terms: list[str]):
         """(rows, scores) of every block that holds one of `terms`: rows `[m]` increasing, scores `[m]` float32."""
-        ids = [i for i in (self._term_id(t) for t in terms) if i is not None]
-        if not ids:
+        pieces = self._postings(terms)
+        if not pieces:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        spans = [self._postings_span(i) for i in ids]
-        size = sum(stop - start for start, stop in spans)
-        rows = np.concatenate([np.asarray(self.rows[a:b], dtype=np.int64) for a, b in spans])
-        weights = np.concatenate([np.asarray(self.weights[a:b], dtype=np.float64) for a, b in spans])
-        self._check_postings(rows, weights)
-        if size * DENSE_SCORES > self.num_blocks:  # many postings: one array of every block is the cheaper sum
-            totals = np.bincount(rows, weights=weights, minlength=self.num_blocks)
-            matched = np.flatnonzero(np.bincount(rows, minlength=self.num_blocks))
-            return matched, totals[matched].astype(np.float32)
+        rows = np.concatenate([rows for rows, _ in pieces])
         matched, inverse = np.unique(rows, return_inverse=True)
+        weights = np.concatenate([weights for _, weights in pieces]).astype(np.float64)
         return matched, np.bincount(inverse, weights=weights).astype(np.float32)
+
+    def _postings(self, terms: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(rows `[m_t]` int64, weights `[m_t]` float32) of each query term that the index holds, a repeated term
+        again; checked to lie inside the index."""
+        pieces = []
+        for term_id in (i for i in (self._term_id(t) for t in terms) if i is not None):
+            start, stop = self._postings_span(term_id)
+            rows = np.asarray(self.rows[start:stop], dtype=np.int64)
+            weights = np.asarray(self.weights[start:stop], dtype=np.float32)
+            self._check_postings(rows, weights)
+            pieces.append((rows, weights))
+        return pieces
+
+    def _best(self, pieces: list, k: int):
+        """The k best (rows, scores) of a query's postings, best first, equal scores by row.
+
+        The weights are summed into this thread's array of every block's score, term by term (a term's rows are
+        distinct, so one vectorised add per term); each term's rows are then read back and set to 0, so a block that
+        holds several terms is read with its total once and as 0 after. The work is proportional to the postings
+        read, not to the number of blocks.
+        """
+        if not pieces:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        totals = self._scratch()
+        values = []
+        try:
+            for rows, weights in pieces:
+                totals[rows] += weights
+            for rows, _ in pieces:
+                values.append(totals[rows])
+                totals[rows] = 0
+        finally:
+            for rows, _ in pieces[len(values):]:
+                totals[rows] = 0
+        rows, values = np.concatenate([rows for rows, _ in pieces]), np.concatenate(values)  # [m] each
+        chosen = values > 0
+        if chosen.sum() > k:
+            threshold = values[np.argpartition(-values, k - 1)[k - 1]]
+            chosen &= values >= threshold  # every tie at the threshold too, so that ties go to the smaller row
+        rows, values = rows[chosen], values[chosen]
+        order = np.lexsort((rows, -values))[:k]
+        return rows[order], values[order]
+
+    def _scratch(self) -> np.ndarray:
+        """This thread's float32 scores of every block `[num_blocks]`, all 0 between searches."""
+        totals = getattr(self._threads, "totals", None)
+        if totals is None:
+            totals = self._threads.totals = np.zeros(self.num_blocks, dtype=np.float32)
+        return totals
 
     def _term_id(self, term: str) -> int | None:
         position = bisect_left(_TermSequence(self.terms), term)
@@ -339,17 +382,12 @@ class _TermSequence:
         return self.terms[i].as_py()
 
 
-def _top_k(matched: np.ndarray, scores: np.ndarray, k: int, num_blocks: int):
-    """Best k of the matched rows (scores desc, rows asc), completed with unmatched rows at score 0."""
-    if len(matched) > k:
-        keep = np.argpartition(-scores, k - 1)[:k]
-        matched, scores = matched[keep], scores[keep]
-    order = np.lexsort((matched, -scores))
-    rows, values = matched[order], scores[order]
+def _completed(rows: np.ndarray, scores: np.ndarray, k: int, num_blocks: int):
+    """(scores `[k]`, rows `[k]`): the best rows, completed with unmatched rows at score 0 (lowest first)."""
     if len(rows) < k:
         rest = np.setdiff1d(np.arange(min(num_blocks, k + len(rows)), dtype=np.int64), rows)[:k - len(rows)]
-        rows, values = np.concatenate([rows, rest]), np.concatenate([values, np.zeros(len(rest), np.float32)])
-    return values, rows
+        rows, scores = np.concatenate([rows, rest]), np.concatenate([scores, np.zeros(len(rest), np.float32)])
+    return scores, rows
 
 
 def _read_terms(path: Path) -> pa.Array:
