@@ -1,7 +1,7 @@
 """Lexical and hybrid search at scale: build time, size on disk, serving memory and latency next to dense IVF-PQ.
 
     python benchmarks/bench_hybrid.py --num-blocks 1000000 2000000      # README table (~30 min on 2 cores)
-    python benchmarks/bench_hybrid.py --quick                           # smoke test (5,000 blocks)
+    python benchmarks/bench_hybrid.py --quick                           # smoke test (3,000 blocks)
 
 For each size, synthetic blocks with texts (synthetic_embeddings.py: clustered 128-d embeddings, ~190 Zipf-distributed
 pseudo-words of a 20,000-word vocabulary per block, so postings are longer than real text's) are saved as a
@@ -45,7 +45,7 @@ K, BATCH, FULL_SIZE = 5, 64, 13_353_718
 MODES = ("dense", "lexical", "hybrid")
 
 
-def build(num_blocks: int, work_dir: Path) -> dict:
+def build(num_blocks: int, work_dir: Path, factory: str | None = None) -> dict:
     """Save a dense IVF-PQ BlockIndex of `num_blocks` synthetic blocks, then add its lexical part; timings, sizes."""
     import datasets
 
@@ -55,9 +55,9 @@ def build(num_blocks: int, work_dir: Path) -> dict:
     directory = work_dir / f"hybrid-index-{num_blocks}"
     blocks = datasets.Dataset.from_file(str(paths["texts"]), in_memory=False)
     embeddings = np.load(paths["embeddings"], mmap_mode="r")
-    nlist = max(64, int(4 * np.sqrt(num_blocks)) // 64 * 64)
+    factory = factory or f"IVF{max(64, int(4 * np.sqrt(num_blocks)) // 64 * 64)},PQ32"
     started = time.perf_counter()
-    index = BlockIndex.build(blocks, embeddings, directory, factory=f"IVF{nlist},PQ32", overwrite=True,
+    index = BlockIndex.build(blocks, embeddings, directory, factory=factory, overwrite=True,
                              search_params={"nprobe": 32}, progress=False)
     dense_seconds = time.perf_counter() - started
     started = time.perf_counter()
@@ -65,7 +65,8 @@ def build(num_blocks: int, work_dir: Path) -> dict:
     lexical_seconds = time.perf_counter() - started
     sizes = {name: (directory / name).stat().st_size for name in index.manifest.files}
     lexical_bytes = sum(size for name, size in sizes.items() if name.startswith("bm25/"))
-    return {"num_blocks": num_blocks, "directory": str(directory), "dense_build_s": round(dense_seconds, 1),
+    return {"num_blocks": num_blocks, "directory": str(directory), "factory": factory,
+            "dense_build_s": round(dense_seconds, 1),
             "lexical_build_s": round(lexical_seconds, 1), "bytes": sizes, "lexical_bytes": lexical_bytes,
             "num_terms": index.lexical.num_terms, "num_postings": index.lexical.num_postings,
             "build_peak_rss_bytes": memory_status()["peak_rss_bytes"]}
@@ -137,11 +138,12 @@ def parse_args(argv=None):
     parser.add_argument("--queries", type=int, default=200, help="single-query searches per mode (default 200)")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR)
     parser.add_argument("--output-dir", default=None, help="where bench_hybrid.json goes (default: work dir)")
-    parser.add_argument("--quick", action="store_true", help="5,000 blocks, 20 queries: a smoke test")
+    parser.add_argument("--factory", default=None, help="dense index (default IVF{4 sqrt(n)},PQ32)")
+    parser.add_argument("--quick", action="store_true", help="3,000 blocks, IVF64,PQ8, 20 queries: a smoke test")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # the fresh serving process
     args = parser.parse_args(argv)
     if args.quick:
-        args.num_blocks, args.queries = [5000], 20
+        args.num_blocks, args.queries, args.factory = [3000], 20, args.factory or "IVF64,PQ8"
     return args
 
 
@@ -153,7 +155,7 @@ def main(argv=None):
     work_dir = Path(args.work_dir)
     rows = []
     for num_blocks in args.num_blocks:
-        row = build(num_blocks, work_dir)
+        row = build(num_blocks, work_dir, args.factory)
         row["serve"] = serve_in_fresh_process(row["directory"], args.queries)
         rows.append(row)
         print(json.dumps(row), flush=True)

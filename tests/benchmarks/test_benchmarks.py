@@ -157,9 +157,9 @@ def test_bench_openqa_quick(tmp_path):
 def test_bench_hybrid_quick(tmp_path):
     output = run_script("bench_hybrid.py", tmp_path)
     row = parse_table(output)[0]
-    assert row["blocks"] == "5,000" and int(row["postings"].replace(",", "")) > 5000
+    assert row["blocks"] == "3,000" and int(row["postings"].replace(",", "")) > 3000
     for mode in ("dense", "lexical", "hybrid"):
         single, batched = (float(x) for x in row[f"{mode} ms (batch 1 / per query at 64)"].split(" / "))
         assert 0 < single < 1000 and 0 < batched < 1000
     assert "Projected to 13,353,718 blocks" in output
-    assert (tmp_path / "hybrid-index-5000" / "bm25" / "rows.npy").exists()
+    assert (tmp_path / "hybrid-index-3000" / "bm25" / "rows.npy").exists()
