@@ -16,8 +16,7 @@ BlockIndex with an IVF-PQ index (`IVF{4 sqrt(n)},PQ32`, nprobe 32, rerank 25, as
 
 Query texts are six words drawn uniformly from vocabulary ranks 100-20,000 (the content words of a question; the
 most frequent words play the part of stop words). Writes --json (default WORK_DIR/bench_hybrid.json) and prints a
-table, with a
-linear projection of the lexical part's size to 13,353,718 blocks.
+table, with a linear projection of the lexical part's size to 13,353,718 blocks.
 """
 
 import argparse
