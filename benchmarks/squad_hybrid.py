@@ -57,15 +57,33 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=str(SQUAD))
     parser.add_argument("--questions", type=int, default=None, help="score only the first N questions (default all)")
     parser.add_argument("--quick", action="store_true", help="30 passages and their questions: a smoke test")
+    parser.add_argument("--init-rows", action="store_true",
+                        help="also the retriever starts of init_from_bert: mean pooling with a random, principal-"
+                             "component (pca) or identity projection (dense and default hybrid rows)")
+    parser.add_argument("--pca-sample", type=int, default=1024, help="blocks embedded for projection='pca'")
     return parser.parse_args(argv)
 
 
+# --init-rows: (row prefix, index directory, init_from_bert arguments) of the retriever starts of issue 16, item 1
+INIT_ROWS = [
+    ("RealmRetriever mean, random 128-d", "mean-random", dict(retriever_pooling="mean", retriever_proj_size=128)),
+    ("RealmRetriever mean, pca 128-d", "mean-pca", dict(retriever_pooling="mean", retriever_proj_size=128,
+                                                        projection="pca")),
+    ("RealmRetriever mean, identity 384-d", "mean-identity", dict(retriever_pooling="mean", retriever_proj_size=384,
+                                                                  projection="identity")),
+]
+
+
 @torch.no_grad()
-def realm_side(tokenizer, blocks, records, output: Path):
-    """(index with a lexical part, question embeddings `[q, 128]`) of the package's RealmRetriever at init."""
+def realm_side(tokenizer, blocks, records, output: Path, name="realm-init", pca_sample=1024, **init):
+    """(index with a lexical part, question embeddings `[q, proj]`) of the package's RealmRetriever at init
+    (default: [CLS] pooling, fresh 128-d projection, seed 0)."""
     torch.manual_seed(0)
-    retriever = init_from_bert(RealmRetriever, demo_model_path(), retriever_proj_size=128).eval()
-    index = build_index(blocks, retriever, tokenizer, output / "index-realm-init", factory="Flat", overwrite=True,
+    init = {"retriever_pooling": "cls", "retriever_proj_size": 128, **init}
+    if init.get("projection") == "pca":
+        init.update(blocks=blocks, tokenizer=tokenizer, pca_sample_size=pca_sample)
+    retriever = init_from_bert(RealmRetriever, demo_model_path(), **init).eval()
+    index = build_index(blocks, retriever, tokenizer, output / f"index-{name}", factory="Flat", overwrite=True,
                         progress=False, lexical="bm25")
     queries = []
     for start in range(0, len(records), 64):
@@ -102,11 +120,11 @@ def sentence_side(tokenizer, blocks, records):
     return index, mean_pooled([r["question"] for r in records], tokenizer, model, 64)
 
 
-def recall_rows(index, queries: np.ndarray, records, prefix: str) -> dict:
-    """Gold recall@k and search seconds of every search in SEARCHES over `index`."""
+def recall_rows(index, queries: np.ndarray, records, prefix: str, searches=tuple(SEARCHES)) -> dict:
+    """Gold recall@k and search seconds of every search in `searches` over `index`."""
     rows, gold, texts = {}, [r["gold_doc_id"] for r in records], [r["question"] for r in records]
     k = min(max(KS), len(index))
-    for label, mode, fusion, weight in SEARCHES:
+    for label, mode, fusion, weight in searches:
         if mode == "lexical" and prefix != "RealmRetriever":
             continue  # the same BM25 row as under the first retriever
         extra = {} if mode != "hybrid" else {"fusion": fusion, "weight": weight}
@@ -143,6 +161,13 @@ def main(argv=None) -> dict:
     rows = {}
     index, queries = realm_side(tokenizer, blocks, records, output)
     rows.update(recall_rows(index, queries, records, "RealmRetriever"))
+    for prefix, name, init in INIT_ROWS if args.init_rows else ():
+        if init.get("projection") == "pca" and min(len(blocks), args.pca_sample) < init["retriever_proj_size"]:
+            logger.warning("%s skipped: %d blocks cannot give %d principal directions", prefix, len(blocks),
+                           init["retriever_proj_size"])
+            continue
+        index, queries = realm_side(tokenizer, blocks, records, output, name, args.pca_sample, **init)
+        rows.update(recall_rows(index, queries, records, prefix, SEARCHES[:1] + SEARCHES[2:3]))
     index, queries = sentence_side(tokenizer, blocks, records)
     rows.update(recall_rows(index, queries, records, "mean-pooled MiniLM"))
     summary = {"passages": len(corpus), "blocks": len(blocks), "questions": len(records), "recall": rows,
