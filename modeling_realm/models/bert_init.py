@@ -15,7 +15,7 @@ knowledge where possible (docs/models.md, "Starting from a BERT"):
 import json
 import logging
 
-from transformers import BertConfig, BertForMaskedLM, BertModel
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
 from transformers.utils import cached_file
 
 from modeling_realm.models.configuration import RealmConfig
@@ -74,7 +74,7 @@ def init_from_bert(model_class, bert_name_or_path, projection: str = "random", b
     if has_encoder:
         load_or_tie_mlm_head(model, mlm_head, bert_name_or_path)
     if any(True for _ in _embedders(model)):
-        _init_projection(model, projection, blocks, tokenizer or bert_name_or_path, pca_sample_size)
+        _init_projection(model, projection, blocks, tokenizer, bert_name_or_path, pca_sample_size)
         _warn_poor_retriever(model.config, projection, sentence_pooling, bert_name_or_path)
     return model
 
@@ -123,17 +123,15 @@ def _embedders(model):
         return []
 
 
-def _init_projection(model, projection: str, blocks, tokenizer, sample_size: int) -> None:
+def _init_projection(model, projection: str, blocks, tokenizer, source, sample_size: int) -> None:
     if projection == "identity":
         init_projection_identity(model)
     elif projection == "pca":
         if blocks is None:
             raise ValueError("projection='pca' needs blocks=: a sample of the corpus (texts, or split_into_blocks "
                              "output) whose principal directions become the projection.")
-        if isinstance(tokenizer, str):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(source)
         share = init_projection_from_corpus(model, tokenizer, blocks, sample_size=sample_size)
         logger.info("Projection from the top %d principal directions of the blocks (%.1f%% of their variance)",
                     len(share), 100 * share.sum().item())
