@@ -60,6 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--init-rows", action="store_true",
                         help="also the retriever starts of init_from_bert: mean pooling with a random, principal-"
                              "component (pca) or identity projection (dense and default hybrid rows)")
+    parser.add_argument("--only-init-rows", action="store_true",
+                        help="only the --init-rows retrievers (skip the [CLS] RealmRetriever and the sentence side)")
     parser.add_argument("--pca-sample", type=int, default=1024, help="blocks embedded for projection='pca'")
     return parser.parse_args(argv)
 
@@ -159,17 +161,19 @@ def main(argv=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(demo_model_path())
     blocks = split_into_blocks(corpus, tokenizer)
     rows = {}
-    index, queries = realm_side(tokenizer, blocks, records, output)
-    rows.update(recall_rows(index, queries, records, "RealmRetriever"))
-    for prefix, name, init in INIT_ROWS if args.init_rows else ():
+    if not args.only_init_rows:
+        index, queries = realm_side(tokenizer, blocks, records, output)
+        rows.update(recall_rows(index, queries, records, "RealmRetriever"))
+    for prefix, name, init in INIT_ROWS if args.init_rows or args.only_init_rows else ():
         if init.get("projection") == "pca" and min(len(blocks), args.pca_sample) < init["retriever_proj_size"]:
             logger.warning("%s skipped: %d blocks cannot give %d principal directions", prefix, len(blocks),
                            init["retriever_proj_size"])
             continue
         index, queries = realm_side(tokenizer, blocks, records, output, name, args.pca_sample, **init)
         rows.update(recall_rows(index, queries, records, prefix, SEARCHES[:1] + SEARCHES[2:3]))
-    index, queries = sentence_side(tokenizer, blocks, records)
-    rows.update(recall_rows(index, queries, records, "mean-pooled MiniLM"))
+    if not args.only_init_rows:
+        index, queries = sentence_side(tokenizer, blocks, records)
+        rows.update(recall_rows(index, queries, records, "mean-pooled MiniLM"))
     summary = {"passages": len(corpus), "blocks": len(blocks), "questions": len(records), "recall": rows,
                "seconds": round(time.perf_counter() - started, 1)}
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
