@@ -53,8 +53,8 @@ def init_from_bert(model_class, bert_name_or_path, projection: str = "random", b
     Args:
         model_class: e.g. `RealmRetriever`, `RealmKnowledgeAugEncoder`, `RealmForOpenQA`.
         bert_name_or_path: a directory or Hub id of a `BertModel` checkpoint.
-        projection: the retrieval projection's start: "random" (REALM's), "identity" (needs
-            `retriever_proj_size` = the BERT's hidden size) or "pca" (the top principal directions of the block
+        projection: the retrieval projection's start: "random" (REALM's), "identity" (`retriever_proj_size` = the
+            BERT's hidden size, its default then) or "pca" (the top principal directions of the block
             tower's pooled embeddings of a sample of `blocks`, with `tokenizer`; default the BERT's tokenizer).
         blocks: the corpus sample for "pca": texts, or `split_into_blocks` output; at most `pca_sample_size` used.
         **config_overrides: REALM fields such as `retriever_proj_size=128`, `separate_query_embedder=True` or
@@ -69,11 +69,16 @@ def init_from_bert(model_class, bert_name_or_path, projection: str = "random", b
     config_overrides.setdefault("retriever_pooling", sentence_pooling or "cls")
     has_encoder = issubclass(model_class, RealmKnowledgeAugEncoder)
     bert, mlm_head = _load_bert(bert_name_or_path, has_encoder)
+    if projection == "identity":
+        config_overrides.setdefault("retriever_proj_size", bert.config.hidden_size)
     model = model_class(realm_config_from_bert(bert.config, **config_overrides))
     _copy_towers(model, bert.state_dict(), bert_name_or_path)
     if has_encoder:
         load_or_tie_mlm_head(model, mlm_head, bert_name_or_path)
-    if any(True for _ in _embedders(model)):
+    if projection != "random" and not _embedders(model):
+        raise ValueError(f"projection={projection!r} initialises a retrieval projection, which "
+                         f"{model_class.__name__} does not have; leave projection at 'random'.")
+    if _embedders(model):
         _init_projection(model, projection, blocks, tokenizer, bert_name_or_path, pca_sample_size)
         _warn_poor_retriever(model.config, projection, sentence_pooling, bert_name_or_path)
     return model

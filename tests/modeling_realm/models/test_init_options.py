@@ -160,8 +160,7 @@ def test_a_sentence_encoder_is_mean_pooled_and_a_random_projection_warned(tmp_pa
     assert "is a sentence encoder and the retriever's 16-d projection is random" in warnings_of(caplog)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        retriever = init_from_bert(RealmRetriever, tmp_path, projection="identity", retriever_pooling="cls",
-                                   retriever_proj_size=32)
+        retriever = init_from_bert(RealmRetriever, tmp_path, projection="identity", retriever_pooling="cls")
     assert "was trained with mean pooling but the retriever pools with 'cls'" in warnings_of(caplog)
     assert torch.equal(retriever.embedder.cls.dense.weight, torch.eye(32))
 
@@ -177,6 +176,10 @@ def test_a_plain_bert_keeps_cls_pooling_without_warnings(tmp_path, caplog):
         init_from_bert(RealmRetriever, tmp_path, projection="pca")
     with pytest.raises(ValueError, match="projection='learned' is not one of"):
         init_from_bert(RealmRetriever, tmp_path, projection="learned")
+    with pytest.raises(ValueError, match="RealmKnowledgeAugEncoder does not have; leave projection at 'random'"):
+        init_from_bert(RealmKnowledgeAugEncoder, tmp_path, projection="identity")
+    full_width = init_from_bert(RealmRetriever, tmp_path, projection="identity")
+    assert full_width.config.retriever_proj_size == 32
 
 
 def test_an_encoder_from_a_bert_without_mlm_head_gets_one_from_its_word_embeddings(tmp_path, caplog):
