@@ -1,7 +1,7 @@
 """Starting points for the retrieval projection that keep what a pretrained encoder knows.
 
 A fresh random `retriever_proj_size` projection scrambles a sentence encoder's space (SQuAD, all-MiniLM-L6-v2
-mean-pooled: gold recall@5 86.5 at 384-d, 77.9 through a random 128-d projection; benchmarks/README.md section 8).
+mean-pooled: gold recall@5 86.5 at 384-d, 76.0 through a random 128-d projection; benchmarks/README.md section 8).
 Two alternatives, both followed by the embedder's LayerNorm set to the identity affine (weight 1, bias 0), so the
 output is the projected vector with its mean over components removed and scaled to unit variance: a cosine-like
 normalisation, which is what sentence encoders were trained for:
@@ -10,7 +10,9 @@ normalisation, which is what sentence encoders were trained for:
 - `init_projection_from_corpus`: the projection keeps the top `retriever_proj_size` principal directions of pooled
   block embeddings over a corpus sample, centred on the sample mean (the dense bias subtracts it). Centring removes
   the direction every embedding shares (the mean of an anisotropic sentence space), which carries no ranking
-  information but would dominate the first component.
+  information but would dominate the first component. On SQuAD with MiniLM it changes nothing measurable (recall@5
+  82.5 centred, 82.7 not, 128-d), nor does the LayerNorm against a plain cosine (82.5 both): the choices are safe,
+  not gains.
 """
 
 import random
