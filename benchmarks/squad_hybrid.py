@@ -2,6 +2,7 @@
 
     python benchmarks/squad_hybrid.py --output-dir /tmp/squad-hybrid            # README table (~10 min, 2 cores)
     python benchmarks/squad_hybrid.py --output-dir /tmp/squad-hybrid --quick    # smoke test
+    python benchmarks/squad_hybrid.py --output-dir /tmp/squad-hybrid --only-init-rows  # init_from_bert starts (~20 min)
 
 Corpus and questions as in squad_retrieval.py: the 2,067 passages of ../shared/data/squad cut into blocks of at most
 288 wordpieces, and all 10,570 dev questions, each naming its gold passage. One index per dense retriever is built
@@ -13,6 +14,10 @@ words, k1=1.5, b=0.75). Dense retrievers:
    lower);
 2. all-MiniLM-L6-v2 as the sentence encoder it was trained to be (mean pooling, 384-d, title + text cut to 256
    tokens), its embeddings given to `BlockIndex.from_arrays`: what the index does with a strong dense side.
+
+With `--init-rows` (or `--only-init-rows`, without the two above), three more `RealmRetriever` starts of
+`init_from_bert`: mean pooling with a random 128-d, a principal-component 128-d (`projection="pca"` over
+`--pca-sample` blocks) and an identity 384-d projection, each searched dense and with the default hybrid.
 
 Every row searches k=100 once per question (hybrid: each side 100 deep) and reports gold recall@1/5/20/100 and the
 seconds its searches took. Prints a table and one JSON summary (OUTPUT_DIR/summary.json).
