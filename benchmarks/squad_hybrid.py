@@ -2,6 +2,7 @@
 
     python benchmarks/squad_hybrid.py --output-dir /tmp/squad-hybrid            # README table (~10 min, 2 cores)
     python benchmarks/squad_hybrid.py --output-dir /tmp/squad-hybrid --quick    # smoke test
+    python benchmarks/squad_hybrid.py --output-dir /tmp/squad-hybrid --only-init-rows  # init_from_bert starts (~20 min)
 
 Corpus and questions as in squad_retrieval.py: the 2,067 passages of ../shared/data/squad cut into blocks of at most
 288 wordpieces, and all 10,570 dev questions, each naming its gold passage. One index per dense retriever is built
@@ -13,6 +14,10 @@ words, k1=1.5, b=0.75). Dense retrievers:
    lower);
 2. all-MiniLM-L6-v2 as the sentence encoder it was trained to be (mean pooling, 384-d, title + text cut to 256
    tokens), its embeddings given to `BlockIndex.from_arrays`: what the index does with a strong dense side.
+
+With `--init-rows` (or `--only-init-rows`, without the two above), three more `RealmRetriever` starts of
+`init_from_bert`: mean pooling with a random 128-d, a principal-component 128-d (`projection="pca"` over
+`--pca-sample` blocks) and an identity 384-d projection, each searched dense and with the default hybrid.
 
 Every row searches k=100 once per question (hybrid: each side 100 deep) and reports gold recall@1/5/20/100 and the
 seconds its searches took. Prints a table and one JSON summary (OUTPUT_DIR/summary.json).
@@ -57,15 +62,35 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default=str(SQUAD))
     parser.add_argument("--questions", type=int, default=None, help="score only the first N questions (default all)")
     parser.add_argument("--quick", action="store_true", help="30 passages and their questions: a smoke test")
+    parser.add_argument("--init-rows", action="store_true",
+                        help="also the retriever starts of init_from_bert: mean pooling with a random, principal-"
+                             "component (pca) or identity projection (dense and default hybrid rows)")
+    parser.add_argument("--only-init-rows", action="store_true",
+                        help="only the --init-rows retrievers (skip the [CLS] RealmRetriever and the sentence side)")
+    parser.add_argument("--pca-sample", type=int, default=1024, help="blocks embedded for projection='pca'")
     return parser.parse_args(argv)
 
 
+# --init-rows: (row prefix, index directory, init_from_bert arguments) of the retriever starts of issue 16, item 1
+INIT_ROWS = [
+    ("RealmRetriever mean, random 128-d", "mean-random", dict(retriever_pooling="mean", retriever_proj_size=128)),
+    ("RealmRetriever mean, pca 128-d", "mean-pca", dict(retriever_pooling="mean", retriever_proj_size=128,
+                                                        projection="pca")),
+    ("RealmRetriever mean, identity 384-d", "mean-identity", dict(retriever_pooling="mean", retriever_proj_size=384,
+                                                                  projection="identity")),
+]
+
+
 @torch.no_grad()
-def realm_side(tokenizer, blocks, records, output: Path):
-    """(index with a lexical part, question embeddings `[q, 128]`) of the package's RealmRetriever at init."""
+def realm_side(tokenizer, blocks, records, output: Path, name="realm-init", pca_sample=1024, **init):
+    """(index with a lexical part, question embeddings `[q, proj]`) of the package's RealmRetriever at init
+    (default: [CLS] pooling, fresh 128-d projection, seed 0)."""
     torch.manual_seed(0)
-    retriever = init_from_bert(RealmRetriever, demo_model_path(), retriever_proj_size=128).eval()
-    index = build_index(blocks, retriever, tokenizer, output / "index-realm-init", factory="Flat", overwrite=True,
+    init = {"retriever_pooling": "cls", "retriever_proj_size": 128, **init}
+    if init.get("projection") == "pca":
+        init.update(blocks=blocks, tokenizer=tokenizer, pca_sample_size=pca_sample)
+    retriever = init_from_bert(RealmRetriever, demo_model_path(), **init).eval()
+    index = build_index(blocks, retriever, tokenizer, output / f"index-{name}", factory="Flat", overwrite=True,
                         progress=False, lexical="bm25")
     queries = []
     for start in range(0, len(records), 64):
@@ -102,11 +127,11 @@ def sentence_side(tokenizer, blocks, records):
     return index, mean_pooled([r["question"] for r in records], tokenizer, model, 64)
 
 
-def recall_rows(index, queries: np.ndarray, records, prefix: str) -> dict:
-    """Gold recall@k and search seconds of every search in SEARCHES over `index`."""
+def recall_rows(index, queries: np.ndarray, records, prefix: str, searches=tuple(SEARCHES)) -> dict:
+    """Gold recall@k and search seconds of every search in `searches` over `index`."""
     rows, gold, texts = {}, [r["gold_doc_id"] for r in records], [r["question"] for r in records]
     k = min(max(KS), len(index))
-    for label, mode, fusion, weight in SEARCHES:
+    for label, mode, fusion, weight in searches:
         if mode == "lexical" and prefix != "RealmRetriever":
             continue  # the same BM25 row as under the first retriever
         extra = {} if mode != "hybrid" else {"fusion": fusion, "weight": weight}
@@ -141,10 +166,19 @@ def main(argv=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(demo_model_path())
     blocks = split_into_blocks(corpus, tokenizer)
     rows = {}
-    index, queries = realm_side(tokenizer, blocks, records, output)
-    rows.update(recall_rows(index, queries, records, "RealmRetriever"))
-    index, queries = sentence_side(tokenizer, blocks, records)
-    rows.update(recall_rows(index, queries, records, "mean-pooled MiniLM"))
+    if not args.only_init_rows:
+        index, queries = realm_side(tokenizer, blocks, records, output)
+        rows.update(recall_rows(index, queries, records, "RealmRetriever"))
+    for prefix, name, init in INIT_ROWS if args.init_rows or args.only_init_rows else ():
+        if init.get("projection") == "pca" and min(len(blocks), args.pca_sample) < init["retriever_proj_size"]:
+            logger.warning("%s skipped: %d blocks cannot give %d principal directions", prefix, len(blocks),
+                           init["retriever_proj_size"])
+            continue
+        index, queries = realm_side(tokenizer, blocks, records, output, name, args.pca_sample, **init)
+        rows.update(recall_rows(index, queries, records, prefix, SEARCHES[:1] + SEARCHES[2:3]))
+    if not args.only_init_rows:
+        index, queries = sentence_side(tokenizer, blocks, records)
+        rows.update(recall_rows(index, queries, records, "mean-pooled MiniLM"))
     summary = {"passages": len(corpus), "blocks": len(blocks), "questions": len(records), "recall": rows,
                "seconds": round(time.perf_counter() - started, 1)}
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

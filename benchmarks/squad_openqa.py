@@ -81,7 +81,8 @@ def main(argv=None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     blocks = split_into_blocks(corpus, tokenizer)
-    retriever = init_from_bert(RealmRetriever, base, retriever_proj_size=128)
+    # [CLS] pooling, as the README's figures were measured (mean pooling, MiniLM's own: section 8)
+    retriever = init_from_bert(RealmRetriever, base, retriever_proj_size=128, retriever_pooling="cls")
     summary = {"corpus_documents": len(corpus), "blocks": len(blocks), "train_questions": len(train),
                "eval_questions": len(held_out)}
     untrained = build_index(blocks, retriever, tokenizer, output / "index-untrained", overwrite=True, progress=False)

@@ -13,8 +13,8 @@ the 10,570 dev questions, each naming its gold passage. Rows, each measured on t
    wordpieces in training to fit the CPU);
 3. `after ICT + REALM`: `examples/pretrain_realm.py` from the ICT retriever over an index built with its block tower,
    salient-span masking (the regex backend unless spaCy is installed), synchronous refresh, top-k 4, queries of 64
-   and encoder inputs of 192 wordpieces (CPU sizes; REALM: k 8, 96, 512), the encoder MiniLM with a fresh MLM head
-   (the checkpoint has none);
+   and encoder inputs of 192 wordpieces (CPU sizes; REALM: k 8, 96, 512), the encoder MiniLM with an MLM head tied
+   to its word embeddings (the checkpoint has none; the README's figures were measured with a random one);
 4. `BM25`: the `bm25s` package over the same blocks (title + text, English stop words), a row with the reason when
    it is not installed (`pip install bm25s`).
 
@@ -166,7 +166,8 @@ def main(argv=None) -> dict:
         notes["BM25 (bm25s)"] = f"not measured: {error} (pip install bm25s)"
         logger.warning(notes["BM25 (bm25s)"])
     torch.manual_seed(0)
-    retriever = init_from_bert(RealmRetriever, demo_model_path(), retriever_proj_size=128)
+    # [CLS] pooling, as the README's figures were measured (mean pooling, MiniLM's own: section 8)
+    retriever = init_from_bert(RealmRetriever, demo_model_path(), retriever_proj_size=128, retriever_pooling="cls")
     retriever.save_pretrained(output / "init", tokenizer=tokenizer)
     rows["initialisation"], _ = dense_recall(retriever, tokenizer, blocks, records, output / "index-init")
     ict_dir = run_ict(args, output, passages)

@@ -64,10 +64,10 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM, get_linear_schedule_with_warmup
+from transformers import AutoConfig, AutoTokenizer, get_linear_schedule_with_warmup
 
 from index_builder import TEXT_COLUMNS, BlockIndex
-from modeling_realm import RealmKnowledgeAugEncoder, load_retriever, realm_config_from_bert, training
+from modeling_realm import RealmKnowledgeAugEncoder, init_from_bert, load_retriever, training
 from modeling_realm.models import demo_model_path
 from modeling_realm.pretraining import (
     DEFAULT_ENCODER_LENGTH,
@@ -159,12 +159,7 @@ def load_encoder(name_or_path: str, seed: int) -> RealmKnowledgeAugEncoder:
         raise ValueError(f"--encoder {name_or_path} is a {config.model_type!r} model; pass a REALM encoder checkpoint "
                          "(RealmKnowledgeAugEncoder) or a BERT to initialise one.")
     torch.manual_seed(seed)
-    bert = BertForMaskedLM.from_pretrained(name_or_path)
-    encoder = RealmKnowledgeAugEncoder(realm_config_from_bert(bert.config))
-    missing, _ = encoder.realm.load_state_dict(bert.bert.state_dict(), strict=False)
-    encoder.cls.load_state_dict(bert.cls.state_dict())
-    logger.info("Encoder initialised from BERT %s (left at initialisation: %s)", name_or_path, missing)
-    return encoder
+    return init_from_bert(RealmKnowledgeAugEncoder, name_or_path)
 
 
 def load_models(args, accelerator):

@@ -16,7 +16,7 @@ PAPER = "https://arxiv.org/abs/2002.08909"
 # masks, the embedding towers produce retrieval embeddings.
 ROLES = {
     "RealmEmbedder": ("feature-extraction",
-                      "the retrieval embedder: text to a {retriever_proj_size}-d embedding (BERT, pooler, dense + "
+                      "the retrieval embedder: text to a {retriever_proj_size}-d embedding (BERT, pooling, dense + "
                       "LayerNorm); queries and blocks are scored by inner product"),
     "RealmScorer": ("feature-extraction",
                     "the relevance scorer: embeds a query and its candidate blocks and scores them by inner product"),

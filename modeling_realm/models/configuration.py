@@ -31,6 +31,7 @@ SIZE_CEILINGS = {"num_hidden_layers": 1024, "hidden_size": 65536, "intermediate_
                  "type_vocab_size": 1 << 16, "retriever_proj_size": 65536, "span_hidden_size": 65536,
                  "max_span_width": 1 << 16, "num_candidates": 1 << 20, "reader_beam_size": 1 << 20,
                  "searcher_beam_size": 1 << 20, "reader_seq_len": 1 << 20, "searcher_seq_len": 1 << 20}
+RETRIEVER_POOLINGS = ("cls", "mean")
 MAX_BACKBONE_PARAMETERS = 20_000_000_000
 MAX_BLOCK_EMB_BYTES = 1 << 40  # 1 TiB: 13.35M google blocks x 128-d float32 take 6.8 GB
 
@@ -71,6 +72,9 @@ class RealmConfig(PreTrainedConfig):
         separate_query_embedder (`bool`, defaults to `False`): `RealmScorer`/`RealmRetriever` use one embedder
             for queries and blocks (as google's checkpoints do) unless this is `True`, in which case the query
             tower `query_embedder` is a second, independent `RealmEmbedder`.
+        retriever_pooling (`str`, defaults to `"cls"`): how `RealmEmbedder` pools the BERT output before its
+            projection: `"cls"` (the pooler over `[CLS]`, as google's checkpoints were trained) or `"mean"` (the mean
+            of the last hidden states over the attention mask, as sentence encoders such as all-MiniLM-L6-v2 were).
     """
 
     model_type = "realm"
@@ -99,6 +103,7 @@ class RealmConfig(PreTrainedConfig):
     searcher_seq_len: int = 64
     use_scann: bool = False
     separate_query_embedder: bool = False
+    retriever_pooling: str = "cls"
     pad_token_id: int | None = 1
     bos_token_id: int | None = 0
     eos_token_id: int | None = 2
@@ -145,6 +150,12 @@ class RealmConfig(PreTrainedConfig):
             raise ValueError(f"RealmConfig.num_block_records={self.num_block_records} x retriever_proj_size="
                              f"{self.retriever_proj_size} is a block_emb of more than {MAX_BLOCK_EMB_BYTES:,} bytes; "
                              "check config.json (google's open-QA checkpoints hold 13,353,718 x 128).")
+
+    def validate_retriever_pooling(self):
+        if self.retriever_pooling not in RETRIEVER_POOLINGS:
+            raise ValueError(f"RealmConfig.retriever_pooling={self.retriever_pooling!r} is not supported; use 'cls' "
+                             "(the pooler over [CLS], google's checkpoints) or 'mean' (mean of the token states over "
+                             "the attention mask, sentence encoders).")
 
     def validate_position_embedding_type(self):
         if self.position_embedding_type != "absolute":

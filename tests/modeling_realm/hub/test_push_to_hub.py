@@ -296,11 +296,17 @@ def test_every_class_loads_from_a_folder_without_the_package(tmp_path):
         auto_class = "AutoModelForMaskedLM" if model_class is RealmKnowledgeAugEncoder else "AutoModel"
         jobs.append({"name": name, "source": str(tmp_path / name), "auto_class": auto_class, "class_name": name,
                      "texts": []})
+    mean_pooled = perturb_(RealmRetriever(tiny_config(retriever_pooling="mean")), seed=1).eval()
+    mean_pooled.save_pretrained(tmp_path / "mean-pooled")
+    jobs.append({"name": "mean-pooled", "source": str(tmp_path / "mean-pooled"), "auto_class": "AutoModel",
+                 "class_name": "RealmRetriever", "texts": []})
     report = run_without_package(tmp_path, jobs)
     for name, model in models.items():
         entry = report["models"][name]
         assert entry["class"] == name and entry["module"].startswith("transformers_modules.")
         assert_same_outputs(entry["outputs"], flat_outputs(model, name), f"{name} without package")
+    assert_same_outputs(report["models"]["mean-pooled"]["outputs"], flat_outputs(mean_pooled, "RealmRetriever"),
+                        "mean-pooled RealmRetriever without package")
 
 
 # ------------------------------------------------------------------------------------------ other entry points

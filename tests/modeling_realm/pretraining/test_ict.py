@@ -128,11 +128,14 @@ def test_ict_loss_equals_a_hand_computation():
     assert ict_loss(queries.half(), blocks.half(), labels).dtype == torch.float32
 
 
-def test_in_batch_loss_single_process_and_gradients_reach_both_towers(tokenizer):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_in_batch_loss_single_process_and_gradients_reach_both_towers(tokenizer, pooling):
     torch.manual_seed(0)
-    model = with_separate_towers(RealmRetriever(tiny_config()))
+    model = with_separate_towers(RealmRetriever(tiny_config(retriever_pooling=pooling)))
     frozen = freeze_unused_heads(model)
-    assert frozen and all(".cls.predictions." in f".{name}" for name in frozen)
+    poolers = [name for name in frozen if ".realm.pooler." in f".{name}"]
+    assert len(poolers) == (4 if pooling == "mean" else 0)
+    assert frozen and all(".cls.predictions." in f".{name}" for name in frozen if name not in poolers)
     out = model(**IctCollator(tokenizer, 16, 48, seed=0)(BLOCKS[:3]), return_dict=True)
     result = in_batch_loss(out.query_embeddings, out.block_embeddings)
     assert result.num_candidates == 3 and 0.0 <= result.accuracy.item() <= 1.0
