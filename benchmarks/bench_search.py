@@ -1,6 +1,7 @@
 """Search speed and recall of BlockIndex (exact and compressed) against transformers 4.57.6's brute-force search.
 
-For each index (Flat = exact; IVF-PQ with exact re-ranking; HNSW) and each query-time setting it prints the build
+For each index (Flat = exact, in float32 and scored in bfloat16 with float32 re-scoring; IVF-PQ with exact
+re-ranking; HNSW) and each query-time setting it prints the build
 time, the median latency of one query (batch 1), the time per query in batches of 64, and recall@5 / recall@8
 against the exact top-k. The 4.57.6 reference (`torch.einsum` over every block + `torch.topk`, one question at a
 time, as `RealmForOpenQA.forward` does) runs in its own virtual environment on the same embeddings file.
@@ -8,6 +9,7 @@ time, as `RealmForOpenQA.forward` does) runs in its own virtual environment on t
     python benchmarks/bench_search.py                      # 1,000,000 blocks
     python benchmarks/bench_search.py --full               # 13,353,718 blocks (the paper's index)
     python benchmarks/bench_search.py --quick              # 50,000 blocks, smoke test (< 1 minute)
+    python benchmarks/bench_search.py --full --exact-only  # the Flat rows alone (float32 and bfloat16)
 
 Memory: the embeddings are generated into a memory-mapped .npy, IVF quantizers are trained on a sample and blocks
 are added in chunks, so the peak is about one index plus the page cache (Flat at 13.35M holds 6.8 GB).
@@ -54,12 +56,15 @@ HEADERS = ["index", "search params", "build s", "index MB", "batch 1 ms (median)
            "recall@5", "recall@8", "x faster than 4.57.6 (batch 1)"]
 
 
-def settings(num_blocks: int, nlist: int | None) -> list[tuple[str, list[dict]]]:
-    """(factory, [search params, ...]) to measure; the first is the exact index (the ground truth)."""
+def settings(num_blocks: int, nlist: int | None, exact_only: bool = False) -> list[tuple[str, list[dict]]]:
+    """(factory, [search params, ...]) to measure; the first is the exact float32 index (the ground truth)."""
+    exact = ("Flat", [{}, {"precision": "bfloat16"}])
+    if exact_only:
+        return [exact]
     nlist = nlist or default_nlist(num_blocks)
     ivf_pq = f"IVF{nlist},PQ32"
     probes = [(32, 0), (16, 10), (32, 10), (16, 25), (32, 25), (64, 25), (128, 25), (32, 50)]
-    chosen = [("Flat", [{}]), (ivf_pq, [{"nprobe": nprobe, "rerank": rerank} for nprobe, rerank in probes])]
+    chosen = [exact, (ivf_pq, [{"nprobe": nprobe, "rerank": rerank} for nprobe, rerank in probes])]
     if num_blocks <= HNSW_MAX_BLOCKS:
         chosen.append(("HNSW32", [{"efSearch": 64}, {"efSearch": 128}]))
     return chosen
@@ -179,6 +184,7 @@ def parse_args(argv=None):
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4096 from 1M blocks up)")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR)
     parser.add_argument("--no-reference", action="store_true", help="skip the transformers 4.57.6 run")
+    parser.add_argument("--exact-only", action="store_true", help="only the Flat index (float32 and bfloat16)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.full:
@@ -202,7 +208,7 @@ def main(argv=None):
     reference = {"skipped": "--no-reference"} if args.no_reference else run_reference(paths["embeddings"], queries1,
                                                                                         work_dir)
     blocks, rows, truth = blocks_table(args.num_blocks), [], None
-    for factory, param_sets in settings(args.num_blocks, args.nlist):
+    for factory, param_sets in settings(args.num_blocks, args.nlist, args.exact_only):
         rows += measure(factory, param_sets, blocks, embeddings, queries1, queries64, truth, work_dir)
         truth = rows[0]["ids"]
     if "ids" in reference:

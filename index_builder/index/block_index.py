@@ -6,6 +6,7 @@ loaded.
 """
 
 import logging
+import threading
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from index_builder.index.blocks_table import (
     record_batch,
     write_blocks,
 )
-from index_builder.index.exact import exact_top_k, gemm_top_k
+from index_builder.index.exact import exact_top_k, gemm_top_k, low_precision_copy
 from index_builder.index.file_rows import FileRows
 from index_builder.index.fingerprint import block_embedder_of, has_block_embedder, weights_fingerprint
 from index_builder.index.fusion import (
@@ -66,6 +67,8 @@ class BlockIndex:
         self._sorted_ids = None
         self._file_rows = _file_rows(blocks, directory)
         self._lock = ReadWriteLock()  # searches and reads together, add/remove/search-parameter changes alone
+        self._low_vectors = None  # a Flat index's vectors in bfloat16, made on the first search that needs them
+        self._low_vectors_lock = threading.Lock()
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -169,8 +172,9 @@ class BlockIndex:
             fusion, weight, depth: hybrid only; how the sides are fused ("interpolation" or "rrf", with `weight` the
                 dense side's share in [0, 1]) and how many candidates each side gives (default max(k, 20)); see
                 index_builder/index/fusion.py.
-            **search_params: FAISS knobs for this call only, e.g. nprobe=32 (such a call runs alone, as an edit
-                does; set them once with `set_search_params` when several threads search).
+            **search_params: FAISS knobs for this call only, e.g. nprobe=32, or the index's own `rerank` and
+                `precision` (such a call runs alone, as an edit does; set them once with `set_search_params` when
+                several threads search).
         Returns:
             scores `[batch, k]` float32 and block_ids `[batch, k]` int64, best first; never FAISS's -1 padding
             (queries an approximate index cannot fill are completed by an exhaustive search). The scores are inner
@@ -186,33 +190,39 @@ class BlockIndex:
                 previous = dict(self.manifest.search_params)
                 faiss_utils.set_search_params(self.faiss_index, search_params)
                 try:
-                    return self._search_mode(mode, queries, texts, self._check_k(k), fusion, weight, depth)
+                    return self._search_mode(mode, queries, texts, self._check_k(k), fusion, weight, depth,
+                                             search_params)
                 finally:
                     faiss_utils.set_search_params(self.faiss_index, previous or _reset_params(search_params))
         with self._lock.reading():
             return self._search_mode(mode, queries, texts, self._check_k(k), fusion, weight, depth)
 
-    def _search_mode(self, mode, queries, texts, k, fusion, weight, depth):
+    def _search_mode(self, mode, queries, texts, k, fusion, weight, depth, overrides=None):
         if mode == "dense":
-            return self._search(queries, k)
+            return self._search(queries, k, overrides=overrides)
         if mode == "lexical":
             scores, rows = self.lexical.search(texts, k)
             return scores, self._ids_of_rows(rows)
         width = hybrid_depth(k, depth, len(self))
-        dense_scores, dense_ids = self._search(queries, width, rerank_for=k)
+        dense_scores, dense_ids = self._search(queries, width, rerank_for=k, overrides=overrides)
         found = self.lexical.candidates(texts, width)
         return fuse(dense_scores, dense_ids, [scores for scores, _ in found],
                     [self._ids_of_rows(rows) for _, rows in found], k, fusion, weight)
 
-    def _search(self, queries: np.ndarray, k: int, rerank_for: int | None = None):
+    def _search(self, queries: np.ndarray, k: int, rerank_for: int | None = None, overrides: dict | None = None):
         """Dense top-k; with a `rerank` search parameter, k * rerank candidates are re-scored exactly, or
-        `rerank_for` * rerank when given (a hybrid search takes a deeper list for the cost of a top-`rerank_for`)."""
+        `rerank_for` * rerank when given (a hybrid search takes a deeper list for the cost of a top-`rerank_for`).
+        A Flat index with `precision="bfloat16"` scores batches of SMALL_BATCH or more queries in bfloat16 and
+        re-scores its best candidates in float32 (one query's search is bound by memory, not by arithmetic, and
+        bfloat16 matrix-vector products are slower than FAISS's float32 scan on CPU: it stays float32)."""
+        params = {**self.manifest.search_params, **(overrides or {})}
         flat = faiss_utils.flat_views(self.faiss_index) if len(queries) >= faiss_utils.SMALL_BATCH else None
-        if flat is not None:  # exact index, batch of queries: torch's matrix product beats FAISS's scan 3x
+        if flat is not None:  # exact index, batch of queries: torch's matrix products beat FAISS's scan 3-8x
             vectors, ids = flat
-            scores, rows = gemm_top_k(queries, vectors, k)
+            reduced = params.get(faiss_utils.PRECISION, "float32") != "float32"
+            scores, rows = gemm_top_k(queries, vectors, k, self._bfloat16_vectors(vectors) if reduced else None)
             return scores, ids[rows]
-        rerank = self.manifest.search_params.get(faiss_utils.RERANK, 0)
+        rerank = params.get(faiss_utils.RERANK, 0)
         candidates = min(len(self), max(k, (rerank_for or k) * rerank)) if rerank > 1 else k
         with faiss_utils.threads_for(len(queries)):
             scores, ids = self.faiss_index.search(queries, candidates)
@@ -224,6 +234,14 @@ class BlockIndex:
         if candidates > k:
             scores, ids = self._rescore(queries, ids, k)
         return scores, ids
+
+    def _bfloat16_vectors(self, vectors: np.ndarray):
+        """The Flat index's `vectors` `[n, d]` in bfloat16 (half their memory again), made once; edits drop it."""
+        with self._low_vectors_lock:
+            if self._low_vectors is None or len(self._low_vectors) != len(vectors):
+                logger.info("Copying %d vectors to bfloat16 for reduced-precision search", len(vectors))
+                self._low_vectors = low_precision_copy(vectors)
+            return self._low_vectors
 
     def _rescore(self, queries: np.ndarray, ids: np.ndarray, k: int):
         """Exact scores of the candidate ids `[b, c]` from the stored embeddings; keep the best k."""
@@ -477,6 +495,7 @@ class BlockIndex:
         self._texts = blocks.select_columns(TEXT_COLUMNS)
         self._sorted_ids = None
         self._file_rows = None  # edited rows live in memory: read through the table
+        self._low_vectors = None  # the Flat vectors changed
 
     # Hub and checkpoint conversion live in their own modules.
     def push_to_hub(self, repo_id: str, **kwargs):

@@ -13,6 +13,8 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from index_builder.index.exact import PRECISIONS
+
 logger = logging.getLogger(__name__)
 
 SEARCH_PARAMS = ("nprobe", "efSearch", "ht", "k_factor")
@@ -21,6 +23,9 @@ RERANK = "rerank"
 # IVF4096,PQ32 over 13.35M blocks: recall@5 0.93 with 10 * k candidates at any nprobe (PQ error, not probing), 0.98
 # with 25 * k for the same 1.2 ms (benchmarks/README.md, section 1). At 1M blocks 10 * k already reached 0.98.
 DEFAULT_RERANK = 25
+# Not a FAISS knob: the precision a Flat index scores in ("float32" or "bfloat16", exact.PRECISIONS); bfloat16
+# scores are re-scored in float32 (exact.gemm_top_k).
+PRECISION = "precision"
 ADD_CHUNK = 65536
 # Below this many queries a FAISS search runs on one OpenMP thread: starting a parallel region costs 8-16 ms on a
 # 2-vCPU machine where faiss and torch each load their own libgomp (benchmarks/README.md), more than the search.
@@ -87,17 +92,38 @@ def set_search_params(index, params: dict):
     """Apply query-time knobs such as `nprobe` (IVF) or `efSearch` (HNSW); unknown names are rejected."""
     space = faiss.ParameterSpace()
     for name, value in params.items():
+        if name == PRECISION:
+            check_precision(index, value)
+            continue
         if name == RERANK:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"rerank must be a non-negative integer (0 = off), got {value!r}.")
             continue
         if name not in SEARCH_PARAMS:
-            raise ValueError(f"Unknown search parameter {name!r}; supported: {SEARCH_PARAMS + (RERANK,)}.")
+            raise ValueError(f"Unknown search parameter {name!r}; supported: {SEARCH_PARAMS + (RERANK, PRECISION)}.")
         try:
             space.set_index_parameter(index, name, value)
         except RuntimeError as error:
             raise ValueError(f"Search parameter {name}={value} does not apply to this index "
                              f"({type(index).__name__}); nprobe is for IVF indices, efSearch for HNSW.") from error
+
+
+def check_precision(index, value) -> None:
+    """Refuse a `precision` search parameter that is unknown, or reduced on an index that is not `Flat`."""
+    if value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {value!r}.")
+    if value != "float32" and not is_flat(index):
+        raise ValueError(f"precision={value!r} applies to Flat (exact) indices; this one is "
+                         f"{type(faiss.downcast_index(getattr(index, 'index', index))).__name__}, whose candidates "
+                         "are already re-scored in float32 (the `rerank` parameter).")
+
+
+def is_flat(index) -> bool:
+    """Whether `index` is an exact inner-product index as a `Flat` factory builds it (`IDMap2,Flat`)."""
+    if not isinstance(index, faiss.IndexIDMap2):
+        return False
+    flat = faiss.downcast_index(index.index)
+    return isinstance(flat, faiss.IndexFlat) and flat.metric_type == faiss.METRIC_INNER_PRODUCT
 
 
 def flat_views(index):
@@ -106,11 +132,9 @@ def flat_views(index):
     Only for `IDMap2,Flat` (what a `Flat` factory builds). The views share FAISS's buffers: use them before the
     index changes (an `add` may move them).
     """
-    if not isinstance(index, faiss.IndexIDMap2):
+    if not is_flat(index) or not index.ntotal:
         return None
     flat = faiss.downcast_index(index.index)
-    if not isinstance(flat, faiss.IndexFlat) or flat.metric_type != faiss.METRIC_INNER_PRODUCT or not index.ntotal:
-        return None
     n, d = int(flat.ntotal), int(flat.d)
     vectors = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
     ids = faiss.rev_swig_ptr(index.id_map.data(), n)

@@ -18,6 +18,7 @@ import stat
 import time
 from pathlib import Path
 
+from index_builder.index.exact import PRECISIONS
 from tokenization.storage import atomic_write_bytes, file_checksum
 
 FORMAT_VERSION = 1
@@ -224,6 +225,12 @@ def _is_param(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_search_param(name, value) -> bool:
+    if name == "precision":
+        return value in PRECISIONS
+    return isinstance(name, str) and _is_param(value)
+
+
 def _is_embedder(value) -> bool:
     return value is None or (isinstance(value, dict) and all(
         value.get(key) is None or isinstance(value.get(key), str) for key in ("name", "fingerprint")))
@@ -241,8 +248,8 @@ FIELD_CHECKS = [  # (field, check, what it must be)
     ("factory", lambda v: isinstance(v, str) and 0 < len(v) <= 200, "a FAISS factory string"),
     ("metric", lambda v: v == "inner_product", "'inner_product'"),
     ("embedder", _is_embedder, "an object with a string or null 'name' and 'fingerprint'"),
-    ("search_params", lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_param(x) for k, x in v.items()),
-     "an object of numbers"),
+    ("search_params", lambda v: isinstance(v, dict) and all(_is_search_param(k, x) for k, x in v.items()),
+     "an object of numbers (and a 'precision' name)"),
     ("contiguous_ids", lambda v: isinstance(v, bool), "true or false"),
     ("created", lambda v: isinstance(v, str) and len(v) <= 100, "a date string"),
     ("files", lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "an object of files"),

@@ -4,7 +4,8 @@ import argparse
 import os
 from pathlib import Path
 
-from index_builder.index.faiss_utils import RERANK, SEARCH_PARAMS
+from index_builder.index.exact import PRECISIONS
+from index_builder.index.faiss_utils import PRECISION, RERANK, SEARCH_PARAMS
 
 
 def positive_int(text: str) -> int:
@@ -18,14 +19,18 @@ def positive_int(text: str) -> int:
     return value
 
 
-def search_param(text: str) -> tuple[str, int | float]:
-    """An argparse type: NAME=VALUE for a FAISS search parameter (or rerank), VALUE a number."""
+def search_param(text: str) -> tuple[str, int | float | str]:
+    """An argparse type: NAME=VALUE for a FAISS search parameter (or rerank), VALUE a number; or precision=NAME."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. nprobe=32), got {text!r}")
-    if name not in SEARCH_PARAMS + (RERANK,):
+    if name not in SEARCH_PARAMS + (RERANK, PRECISION):
         raise argparse.ArgumentTypeError(f"unknown search parameter {name!r}; known: {', '.join(SEARCH_PARAMS)}, "
-                                         f"{RERANK}")
+                                         f"{RERANK}, {PRECISION}")
+    if name == PRECISION:
+        if value not in PRECISIONS:
+            raise argparse.ArgumentTypeError(f"precision={value!r}: expected one of {', '.join(PRECISIONS)}")
+        return name, value
     try:
         number = float(value)
     except ValueError:

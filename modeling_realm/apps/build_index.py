@@ -43,7 +43,8 @@ def parse_args(argv=None):
     parser.add_argument("--factory", default="Flat",
                         help="FAISS factory string: Flat (exact, default), IVF{n},Flat, IVF{n},PQ{m}, HNSW32")
     parser.add_argument("--search-param", action="append", default=[], metavar="NAME=VALUE", type=search_param,
-                        help="query-time setting stored with the index, e.g. nprobe=32 or efSearch=128")
+                        help="query-time setting stored with the index, e.g. nprobe=32, efSearch=128, rerank=25, or "
+                             "precision=bfloat16 (a Flat index scores in bfloat16, then re-scores in float32)")
     corpus = parser.add_argument_group("corpus")
     corpus.add_argument("--text-field", default="text")
     corpus.add_argument("--title-field", default="title")

@@ -66,7 +66,7 @@ def test_batched_exact_search_by_matrix_product_matches_faiss(monkeypatch):
     """Batches of >= 16 queries on a Flat index are scored by torch matrix products over FAISS's own vectors."""
     from index_builder.index import exact
 
-    monkeypatch.setattr(exact, "GEMM_SCORES_PER_CHUNK", 64 * 37)  # 37-row chunks: many partial top-k merges
+    monkeypatch.setattr(exact, "GEMM_SCORES_PER_CHUNK", 64 * 37)  # 32-row chunks (one group each): many merges
     embeddings, _ = clustered(1000)
     index = BlockIndex.from_arrays(embeddings, texts_for(1000), progress=False)
     index.remove(list(range(0, 1000, 7)))  # ids no longer equal rows

@@ -82,6 +82,8 @@ def test_cli_help_explains_itself(capsys):
     (["--search-param", "nprobe=1.5"], r"nprobe='1.5': expected a whole number >= 1"),
     (["--search-param", "efSearch=64"], r"efSearch=64 does not apply to this index"),  # Flat has no efSearch
     (["--factory", "IVF4,PQ5"], r"--factory IVF4,PQ5.*FAISS cannot build factory"),  # 16-d is not split in 5
+    (["--search-param", "precision=float16"], r"precision='float16': expected one of float32, bfloat16"),
+    (["--factory", "IVF4,Flat", "--search-param", "precision=bfloat16"], r"precision='bfloat16' applies to Flat"),
 ])
 def test_arguments_are_checked_before_the_corpus_is_read(model_dir, tmp_path, capsys, flags, message):
     """The corpus path does not even exist: every bad argument must be reported before it would be read."""
