@@ -341,3 +341,17 @@ def test_retriever_returns_ids_scores_and_texts():
     np.testing.assert_allclose(relevance.detach().numpy(), found.scores, rtol=1e-4, atol=1e-4)
     relevance.sum().backward()
     assert model.embedder.cls.dense.weight.grad.abs().sum() > 0
+
+
+def test_a_per_call_rerank_overrides_the_saved_one():
+    """search(..., rerank=0) returns FAISS's own PQ scores for that call; the saved rerank re-scores exactly."""
+    embeddings, _ = clustered(2000)
+    index = BlockIndex.from_arrays(embeddings, texts_for(2000), factory="IVF16,PQ8", progress=False)
+    queries = np.random.default_rng(5).normal(size=(8, 32)).astype(np.float32)
+    scores, ids = index.search(queries, k=3)
+    np.testing.assert_allclose(scores, np.einsum("bd,bkd->bk", queries, index.get_embeddings(ids)), rtol=1e-5)
+    raw_scores, raw_ids = index.search(queries, k=3, rerank=0)
+    faiss_scores, faiss_ids = index.faiss_index.search(queries, 3)
+    np.testing.assert_array_equal(raw_ids, faiss_ids)
+    np.testing.assert_allclose(raw_scores, faiss_scores, rtol=1e-6)
+    assert index.manifest.search_params["rerank"] == 25  # the saved value is untouched
