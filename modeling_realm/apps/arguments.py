@@ -56,3 +56,18 @@ def check_output(output: str, overwrite: bool) -> None:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"--output {output}: cannot create it under {parent} (not a writable directory); "
                               "choose another path.")
+
+
+def precision_problem(dtype: str, mixed_precision: str, cpu: bool) -> str | None:
+    """What is wrong with --dtype and --mixed-precision on the device the encoding will run on (a GPU when one is
+    present and --cpu is not given), or None."""
+    import torch
+
+    from index_builder.encoding.precision import resolve_precision
+
+    device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
+    try:
+        resolve_precision(dtype, mixed_precision, device)
+    except ValueError as error:
+        return f"--dtype {dtype} / --mixed-precision {mixed_precision}: {error}"
+    return None

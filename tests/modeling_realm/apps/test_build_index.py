@@ -82,6 +82,9 @@ def test_cli_help_explains_itself(capsys):
     (["--search-param", "nprobe=1.5"], r"nprobe='1.5': expected a whole number >= 1"),
     (["--search-param", "efSearch=64"], r"efSearch=64 does not apply to this index"),  # Flat has no efSearch
     (["--factory", "IVF4,PQ5"], r"--factory IVF4,PQ5.*FAISS cannot build factory"),  # 16-d is not split in 5
+    (["--dtype", "float16", "--cpu"], r"--dtype float16 .*needs a GPU; on CPU use dtype='bfloat16'"),
+    (["--dtype", "bfloat16", "--mixed-precision", "bf16"], r"both reduce precision; pass one"),
+    (["--dtype", "int8"], r"--dtype: invalid choice: 'int8'"),
 ])
 def test_arguments_are_checked_before_the_corpus_is_read(model_dir, tmp_path, capsys, flags, message):
     """The corpus path does not even exist: every bad argument must be reported before it would be read."""
@@ -136,3 +139,13 @@ def test_adding_a_lexical_part_needs_an_existing_index(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--lexical", "bm25", "--output", str(tmp_path / "stranger")])
     assert "not an existing BlockIndex" in capsys.readouterr().err
+
+
+def test_cli_encodes_in_bfloat16_and_records_the_agreement(model_dir, tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "docs.jsonl", DOCUMENTS)
+    assert main([str(corpus), "--output", str(tmp_path / "index"), "--model", str(model_dir), "--text-field", "body",
+                 "--max-block-length", "8", "--dtype", "bfloat16", "--cpu", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    encoding = BlockIndex.load_from_disk(tmp_path / "index").manifest.encoding
+    assert encoding["dtype"] == "bfloat16" and encoding["sample_blocks"] == summary["blocks"] > 5
+    assert summary["encoding"] == encoding and 0.9 < encoding["cosine_min"] <= encoding["cosine_mean"] <= 1.0
