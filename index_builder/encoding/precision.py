@@ -3,9 +3,9 @@
 Two switches, of which at most one may reduce precision:
 
 - `dtype="bfloat16"` (or `"float16"`, GPU only) runs a copy of the block tower whose weights and activations are
-  all in that dtype (the caller's model is left as it is). On a CPU with native bfloat16 (AVX512-BF16 or AMX) this
-  is the faster one: all-MiniLM-L6-v2 at 288 tokens encodes ~3.2-3.7x the float32 blocks/s, against ~2.6-2.7x for
-  autocast (benchmarks/README.md section 3).
+  all in that dtype (the caller's model is left as it is; the copy takes half the float32 tower's memory). On a
+  CPU with native bfloat16 (AVX512-BF16 or AMX) this is the faster one: all-MiniLM-L6-v2 at 288 tokens encoded
+  ~3.2-3.7x the float32 blocks/s, against ~2.6-2.7x for autocast (benchmarks/README.md section 3).
 - `mixed_precision="bf16"` / `"fp16"` (the older switch, kept as it was) runs the float32 tower under
   `torch.autocast`: matrix products in the reduced dtype, layer norms and softmax in float32.
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from modeling_realm.apps.arguments import check_output, positive_int, precision_problem, search_param
+from modeling_realm.apps.arguments import check_output, non_negative_int, positive_int, precision_problem, search_param
 
 DESCRIPTION = """\
 Build a REALM block index: split a corpus into blocks of at most 288 wordpieces, embed every block with a
@@ -62,7 +62,10 @@ def parse_args(argv=None):
     encoding.add_argument("--chunk-size", type=positive_int, default=8192, help="blocks per resumable chunk")
     encoding.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                           help="run a copy of the block tower in this dtype (float16 on a GPU only); the manifest "
-                               "records how well a sample of 512 blocks agrees with float32 (default float32)")
+                               "records how well a sample of blocks agrees with float32 (default float32)")
+    encoding.add_argument("--agreement-sample", type=non_negative_int, default=512,
+                          help="blocks also encoded in float32 to measure a reduced dtype's agreement (default 512; "
+                               "0: record the dtype alone)")
     encoding.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
                           help="autocast over the float32 tower instead (not together with --dtype)")
     encoding.add_argument("--cpu", action="store_true", help="encode on CPU even when a GPU is present")
@@ -170,7 +173,7 @@ def main(argv=None) -> int:
         blocks = split_into_blocks(corpus, tokenizer, max_block_length=args.max_block_length, num_proc=args.num_proc)
     index = build_index(blocks, model, tokenizer, args.output, factory=args.factory, batch_size=args.batch_size,
                         max_length=args.max_length, chunk_size=args.chunk_size, accelerator=accelerator,
-                        mixed_precision=args.mixed_precision, dtype=args.dtype,
+                        mixed_precision=args.mixed_precision, dtype=args.dtype, agreement_sample=args.agreement_sample,
                         embedder_name=args.model or "all-MiniLM-L6-v2 demo", search_params=args.search_params,
                         overwrite=args.overwrite, keep_embeddings=args.keep_embeddings, progress=not args.quiet,
                         lexical=args.lexical_settings)
