@@ -81,7 +81,7 @@ def autocast_for(precision: Precision, device) -> "callable":
 
 def fast_bfloat16(device="cpu") -> bool:
     """Whether `device` computes in bfloat16 natively: a GPU that supports it, or a CPU with AVX512-BF16 or AMX
-    (without them torch emulates bfloat16 on a CPU, slower than float32)."""
+    (without them torch emulates bfloat16 on a CPU, which can be slower than float32)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -184,16 +184,13 @@ def lexical_problems(fields: dict) -> list[str]:
 
 
 def encoding_problems(fields: dict) -> list[str]:
-    """The record of a reduced-precision encoding: a dtype, and its agreement with float32 on a sample of at most
-    the index's blocks (the measures null when nothing was measured)."""
+    """The record of a reduced-precision encoding: a dtype, and its agreement with float32 on a sample of the blocks
+    it was built with (the measures null when nothing was measured; `remove` may leave fewer blocks than that)."""
     encoding = fields.get("encoding")
     if encoding is None:
         return []
-    problems = [f"encoding[{name!r}] is {_shown(encoding.get(name))}, expected {meaning}"
-                for name, check, meaning in ENCODING_CHECKS if not check(encoding.get(name))]
-    if not problems and encoding["sample_blocks"] > fields["num_blocks"]:
-        problems.append(f"the encoding sample has {encoding['sample_blocks']} blocks, the index {fields['num_blocks']}")
-    return problems
+    return [f"encoding[{name!r}] is {_shown(encoding.get(name))}, expected {meaning}"
+            for name, check, meaning in ENCODING_CHECKS if not check(encoding.get(name))]
 
 
 def file_name_problems(files: dict, layout, shards, lexical: set = frozenset()) -> list[str]:

@@ -19,7 +19,7 @@ examples:
   realm-build-index docs.jsonl --output my-index --lexical bm25     # also BM25, for lexical and hybrid search
   realm-build-index --lexical bm25 --output my-index                # no corpus: add BM25 to an existing index
   realm-build-index docs.csv --output my-index --text-field body --title-field heading --factory IVF1024,PQ32
-  realm-build-index docs.jsonl --output my-index --dtype bfloat16   # ~3x faster on a CPU with AVX512-BF16/AMX
+  realm-build-index docs.jsonl --output my-index --dtype bfloat16   # 2-3x faster on a CPU with AVX512-BF16/AMX
   accelerate launch --num_processes 4 -m modeling_realm.apps.build_index docs.parquet --output my-index \
       --mixed-precision bf16
 

@@ -134,10 +134,19 @@ def test_old_manifests_load_and_ill_typed_encoding_records_are_refused(retriever
     assert Manifest.from_json(json.dumps(fields)).encoding["sample_blocks"] == 6
     for bad, message in [({"top5_agreement": 1.5}, "encoding\\['top5_agreement'\\] is 1.5"),
                          ({"dtype": "<script>"}, "encoding\\['dtype'\\]"),
-                         ({"sample_blocks": 7}, "the encoding sample has 7 blocks, the index 6"),
+                         ({"sample_blocks": -1}, "encoding\\['sample_blocks'\\] is -1"),
                          ({"autocast": "no"}, "encoding\\['autocast'\\]")]:
         broken = {**fields, "encoding": {**fields["encoding"], **bad}}
         with pytest.raises(IndexMismatchError, match=message):
             Manifest.from_json(json.dumps(broken))
     with pytest.raises(IndexMismatchError, match="'encoding' is \\[\\]"):
         Manifest.from_json(json.dumps({**fields, "encoding": []}))
+
+
+def test_an_index_with_blocks_removed_after_a_sampled_build_still_loads(retriever, tokenizer, tmp_path):
+    saved_manifest(tmp_path, retriever, tokenizer)  # every one of its 6 blocks was in the sample
+    index = BlockIndex.load_from_disk(tmp_path / "index")
+    index.remove([0, 1])
+    index.save_to_disk(tmp_path / "smaller")
+    smaller = BlockIndex.load_from_disk(tmp_path / "smaller")
+    assert len(smaller) == 4 and smaller.manifest.encoding["sample_blocks"] == 6
