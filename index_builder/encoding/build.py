@@ -4,6 +4,7 @@ import contextlib
 import logging
 from pathlib import Path
 
+from index_builder.encoding.agreement import SAMPLE_SIZE, encoding_record
 from index_builder.encoding.encode import DEFAULT_CHUNK_SIZE, encode_blocks
 from index_builder.index.block_index import BlockIndex
 from tokenization.storage import exclusive_lock, recover_directory
@@ -21,7 +22,7 @@ def build_index(blocks, model, tokenizer, output_dir, factory: str = "Flat", wor
                 max_length: int = 512, chunk_size: int = DEFAULT_CHUNK_SIZE, accelerator=None,
                 mixed_precision: str = "no", embedder_name: str | None = None, search_params: dict | None = None,
                 overwrite: bool = False, keep_embeddings: bool = False, progress: bool = True,
-                lexical=None) -> BlockIndex:
+                lexical=None, dtype: str = "float32", agreement_sample: int = SAMPLE_SIZE) -> BlockIndex:
     """Encode `blocks` with the block tower of `model` and write a BlockIndex to `output_dir` (with a lexical part
     when `lexical` is "bm25" or a `LexicalSettings`).
 
@@ -29,6 +30,11 @@ def build_index(blocks, model, tokenizer, output_dir, factory: str = "Flat", wor
     accelerator, every process encodes its share and the main process builds the index; all processes return it.
     `blocks` needs `title` and `text` columns; `block_id` (default: row number) and `doc_id` (default: block id)
     are added when absent.
+
+    `dtype` ("float32", "bfloat16", "float16" on a GPU) and `mixed_precision` are as in `encode_blocks`. When either
+    reduces precision, up to `agreement_sample` blocks are also encoded in float32 and the agreement of the two
+    (cosines and top-5 retrieval agreement, defined in `agreement.py`) is logged and recorded in the manifest's
+    `encoding` field; a float32 build records nothing there.
     """
     output_dir = Path(output_dir)
     is_main = accelerator is None or accelerator.is_main_process
@@ -40,11 +46,14 @@ def build_index(blocks, model, tokenizer, output_dir, factory: str = "Flat", wor
         blocks = with_block_ids(blocks)
         embeddings = encode_blocks(blocks, model, tokenizer, work_dir, batch_size=batch_size, max_length=max_length,
                                    chunk_size=chunk_size, accelerator=accelerator, mixed_precision=mixed_precision,
-                                   progress=progress)
+                                   dtype=dtype, progress=progress)
         if is_main:
+            precision = embeddings.plan.precision
+            record = encoding_record(blocks, model, tokenizer, embeddings, precision, batch_size, max_length,
+                                     agreement_sample) if precision.reduced else None
             BlockIndex.build(blocks, embeddings, output_dir, factory=factory, embedder=model,
                              embedder_name=embedder_name, search_params=search_params, overwrite=overwrite,
-                             progress=progress, lexical=lexical)
+                             progress=progress, lexical=lexical, encoding=record)
             if not keep_embeddings:
                 embeddings.remove_files()
                 _remove_if_empty(work_dir)

@@ -9,7 +9,6 @@ skips the chunks that were finished and loses at most one chunk per process.
 
 import json
 import logging
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 import xxhash
 from tqdm.auto import tqdm
 
+from index_builder.encoding.precision import Precision, autocast_for, resolve_precision, tower_in
 from index_builder.index.blocks_table import blocks_digest
 from index_builder.index.fingerprint import block_embedder_of, weights_fingerprint
 from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN, block_inputs
@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 ENCODING_FILE = "encoding.json"
 DEFAULT_CHUNK_SIZE = 8192
-MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -42,6 +41,11 @@ class EncodingPlan:
     embedder_fingerprint: str
     tokenizer_fingerprint: str
     mixed_precision: str
+    dtype: str = "float32"  # absent from the plans of older versions, which encoded in float32
+
+    @property
+    def precision(self) -> Precision:
+        return Precision(self.dtype, self.mixed_precision)
 
     @property
     def num_chunks(self) -> int:
@@ -53,21 +57,25 @@ class EncodingPlan:
 
 def encode_blocks(blocks, model, tokenizer, work_dir, batch_size: int = 64, max_length: int = DEFAULT_BLOCK_SEQ_LEN,
                   chunk_size: int = DEFAULT_CHUNK_SIZE, accelerator=None, mixed_precision: str = "no",
-                  progress: bool = True) -> "ChunkedEmbeddings":
+                  dtype: str = "float32", progress: bool = True) -> "ChunkedEmbeddings":
     """Embed every block of `blocks` (a datasets.Dataset with `title` and `text`) into `work_dir`.
 
     Args:
         model: a RealmRetriever, RealmScorer or RealmEmbedder; its block tower is used, in eval mode.
         accelerator: an `accelerate.Accelerator` (or None for one process); each process encodes its chunks, then
             all wait for each other.
-        mixed_precision: "no", "fp16" or "bf16" (autocast; fp16 needs a GPU). Embeddings are stored as float32.
+        mixed_precision: "no", "fp16" or "bf16": autocast over the float32 tower (fp16 needs a GPU).
+        dtype: "float32", "bfloat16" or "float16" (GPU only): a copy of the block tower in that dtype encodes
+            (faster than autocast on a CPU with native bfloat16); not together with mixed_precision (see
+            `precision.py`). Embeddings are stored as float32 either way; the plan records both, so a run resumed
+            with another precision is refused.
     Returns the `[num_blocks, dim]` embeddings, read lazily from the chunk files.
     """
     embedder = block_embedder_of(model).eval()
     device = accelerator.device if accelerator is not None else next(embedder.parameters()).device
     embedder.to(device)
-    autocast = _autocast(device, mixed_precision)
-    plan = _plan(blocks, embedder, tokenizer, chunk_size, max_length, mixed_precision)
+    precision = resolve_precision(dtype, mixed_precision, device)
+    plan = _plan(blocks, embedder, tokenizer, chunk_size, max_length, precision)
     rank, world = _process_info(accelerator)
     work_dir = Path(work_dir)
     _open_work_dir(work_dir, plan, is_main=rank == 0, accelerator=accelerator)
@@ -75,9 +83,11 @@ def encode_blocks(blocks, model, tokenizer, work_dir, batch_size: int = 64, max_
     _log_resume(plan, work_dir, mine, world)
     bar = tqdm(total=sum(len(plan.chunk_rows(c)) for c in mine), desc=f"Encoding blocks [{rank}/{world}]",
                unit="block", disable=not progress or not mine)
+    tower = tower_in(embedder, precision) if mine else embedder  # no copy when nothing is left to encode
+    autocast = autocast_for(precision, device)
     for chunk in mine:
         rows = plan.chunk_rows(chunk)
-        vectors = _encode_rows(blocks, rows, embedder, tokenizer, batch_size, max_length, device, autocast, bar)
+        vectors = _encode_rows(blocks, rows, tower, tokenizer, batch_size, max_length, device, autocast, bar)
         _save_chunk(work_dir, chunk, vectors)
     bar.close()
     if accelerator is not None:
@@ -120,7 +130,18 @@ def _remove_chunk(work_dir: Path, chunk: int) -> None:
     chunk_path(work_dir, chunk).unlink(missing_ok=True)
 
 
-def _plan(blocks, embedder, tokenizer, chunk_size: int, max_length: int, mixed_precision: str) -> EncodingPlan:
+def embed_in_memory(blocks, model, tokenizer, batch_size: int = 64, max_length: int = DEFAULT_BLOCK_SEQ_LEN,
+                    dtype: str = "float32", mixed_precision: str = "no") -> np.ndarray:
+    """`[len(blocks), dim]` float32 embeddings of a few blocks, in memory (no work directory, no resume): the
+    float32 reference of `agreement.py`, and benchmarks."""
+    embedder = block_embedder_of(model).eval()
+    device = next(embedder.parameters()).device
+    precision = resolve_precision(dtype, mixed_precision, device)
+    return _encode_rows(blocks, range(len(blocks)), tower_in(embedder, precision), tokenizer, batch_size,
+                        max_length, device, autocast_for(precision, device), bar=None)
+
+
+def _plan(blocks, embedder, tokenizer, chunk_size: int, max_length: int, precision: Precision) -> EncodingPlan:
     if chunk_size < 1 or max_length < 8:
         raise ValueError(f"chunk_size must be >= 1 and max_length >= 8, got {chunk_size} and {max_length}.")
     missing = {"title", "text"} - set(blocks.column_names)
@@ -132,7 +153,8 @@ def _plan(blocks, embedder, tokenizer, chunk_size: int, max_length: int, mixed_p
     return EncodingPlan(num_blocks=len(blocks), dimension=embedder.config.retriever_proj_size,
                         chunk_size=chunk_size, max_length=max_length, blocks_digest=blocks_digest(blocks),
                         embedder_fingerprint=weights_fingerprint(embedder),
-                        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), mixed_precision=mixed_precision)
+                        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+                        mixed_precision=precision.mixed_precision, dtype=precision.dtype)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -169,6 +191,7 @@ def _open_work_dir(work_dir: Path, plan: EncodingPlan, is_main: bool, accelerato
     if accelerator is not None:
         accelerator.wait_for_everyone()
     existing = json.loads(path.read_text())
+    existing.setdefault("dtype", "float32")  # a plan written before dtype existed encoded in float32
     differing = sorted(k for k, v in asdict(plan).items() if existing.get(k) != v)
     if differing:
         raise ValueError(f"{work_dir} holds an unfinished encoding of other blocks or settings (differs in "
@@ -180,17 +203,6 @@ def _log_resume(plan: EncodingPlan, work_dir: Path, mine: list[int], world: int)
     if done:
         logger.info("Resuming the encoding in %s: %d of %d chunks already done", work_dir, done, plan.num_chunks)
     logger.info("This process encodes %d chunks (%d processes)", len(mine), world)
-
-
-def _autocast(device: torch.device, mixed_precision: str):
-    if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision must be one of {sorted(MIXED_PRECISION)}, got {mixed_precision!r}.")
-    dtype = MIXED_PRECISION[mixed_precision]
-    if dtype is None:
-        return nullcontext
-    if dtype is torch.float16 and device.type == "cpu":
-        raise ValueError("fp16 needs a GPU; on CPU use mixed_precision='bf16' or 'no'.")
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -207,7 +219,8 @@ def _encode_rows(blocks, rows: range, embedder, tokenizer, batch_size, max_lengt
             # [batch, retriever_proj_size]
             projected = embedder(**inputs.to(device), return_dict=True).projected_score
         vectors[batch] = projected.float().cpu().numpy()
-        bar.update(len(batch))
+        if bar is not None:
+            bar.update(len(batch))
     _check_finite(vectors, rows.start)
     return vectors
 
@@ -216,7 +229,7 @@ def _check_finite(vectors: np.ndarray, first_row: int) -> None:
     bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
     if bad.size:
         raise FloatingPointError(f"The block embedder produced NaN or inf for blocks {(bad + first_row)[:10].tolist()}"
-                                 "; with fp16 this is usually overflow: use bf16 or mixed_precision='no'.")
+                                 "; with float16 this is usually overflow: use bfloat16 or float32.")
 
 
 def _save_chunk(work_dir: Path, chunk: int, vectors: np.ndarray) -> None:

@@ -68,6 +68,7 @@ def _facts(manifest: Manifest) -> list[tuple[str, str]]:
          else "not recorded"),
         ("block ids", "0 .. n-1" if manifest.contiguous_ids else "increasing, with gaps"),
         ("lexical part", _lexical_fact(manifest.lexical)),
+        ("encoding precision", encoding_fact(manifest.encoding)),
         ("created", manifest.created),
     ]
 
@@ -91,6 +92,19 @@ def _lexical_fact(lexical: dict | None) -> str:
         return "none (dense search only)"
     return (f"BM25 (k1={lexical['k1']}, b={lexical['b']}, stop words: {lexical['stopwords'] or 'none'}, stemmer: "
             f"{lexical['stemmer'] or 'none'}), {lexical['num_terms']:,} terms, {lexical['num_postings']:,} postings")
+
+
+def encoding_fact(encoding: dict | None) -> str:
+    """The precision the embeddings were computed in and, when reduced, how close they are to float32."""
+    if encoding is None:
+        return "float32 (no reduced precision recorded)"
+    how = f"{encoding['dtype']} ({'autocast' if encoding['autocast'] else 'the whole block tower'})"
+    if not encoding["sample_blocks"]:
+        return f"{how}; agreement with float32 not measured"
+    top = encoding["top5_agreement"]
+    return (f"{how}; against float32 on {encoding['sample_blocks']:,} sample blocks: cosine mean "
+            f"{encoding['cosine_mean']:.6f} (min {encoding['cosine_min']:.6f}), top-5 agreement "
+            f"{'not measured' if top is None else f'{top:.4f}'}")
 
 
 def _usage(repo_id: str, dimension: int) -> str:

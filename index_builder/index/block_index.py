@@ -107,11 +107,12 @@ class BlockIndex:
     def build(cls, blocks: datasets.Dataset, embeddings, directory, factory: str = "Flat", embedder=None,
               embedder_name: str | None = None, train_size: int = DEFAULT_TRAIN_SIZE,
               search_params: dict | None = None, overwrite: bool = False, progress: bool = True,
-              lexical=None) -> "BlockIndex":
+              lexical=None, encoding: dict | None = None) -> "BlockIndex":
         """Stream `blocks` (block_id, doc_id, title, text) and their `embeddings` `[n, d]` into `directory`.
 
         Nothing is held in RAM beyond one batch and the FAISS index itself (and, with `lexical`, the term counts of
         the lexical part while it is built); the directory appears only complete. `lexical`: as in `from_arrays`.
+        `encoding`: the manifest's record of a reduced-precision encoding (`encoding/agreement.py`), or None.
         """
         settings = _lexical_settings(lexical)
         if len(blocks) != len(embeddings):
@@ -125,6 +126,7 @@ class BlockIndex:
             index = _build_faiss(factory, embeddings_of(written), block_ids, train_size, progress)
             manifest = _new_manifest(index, factory, embedder, embedder_name, search_params)
             manifest.contiguous_ids = bool(np.array_equal(block_ids, np.arange(len(block_ids))))
+            manifest.encoding = encoding
             if settings is not None:
                 manifest.lexical = write_lexical_part(written, settings, staging / LEXICAL_DIR, progress)
                 manifest.blocks_digest = manifest.lexical["blocks_digest"]

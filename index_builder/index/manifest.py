@@ -33,6 +33,7 @@ HUB_SHARD = re.compile(r"^data/[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.parquet$")
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest of a 13M-block index in 10,000 shards is ~2 MB
 CHECKSUM = re.compile(r"^[0-9a-f]{16}$")
 DIGEST = re.compile(r"^[0-9a-f]{32}$")
+DTYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class IndexMismatchError(ValueError):
@@ -56,12 +57,13 @@ class Manifest:
     shards: list | None = None  # the parquet shards of the Hub layout, in row order
     lexical: dict | None = None  # the lexical part (lexical.LexicalIndex.record()), when the index has one
     blocks_digest: str | None = None  # xxh3-128 of the blocks' titles and texts (blocks_table.blocks_digest)
+    encoding: dict | None = None  # a reduced-precision encoding and its agreement with float32 (encoding/agreement.py)
 
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)
         fields["embedder"] = {"name": fields.pop("embedder_name"), "fingerprint": fields.pop("embedder_fingerprint")}
         fields["format_version"] = LEXICAL_FORMAT_VERSION if self.lexical is not None else FORMAT_VERSION
-        for name in ("layout", "shards", "lexical", "blocks_digest"):
+        for name in ("layout", "shards", "lexical", "blocks_digest", "encoding"):
             if fields[name] is None:
                 del fields[name]
         return json.dumps(fields, indent=2, sort_keys=True) + "\n"
@@ -156,7 +158,7 @@ def field_problems(fields: dict) -> list[str]:
         elif not check(fields[name]):
             problems.append(f"{name!r} is {_shown(fields[name])}, expected {meaning}")
     if not problems:
-        problems += lexical_problems(fields)
+        problems += lexical_problems(fields) + encoding_problems(fields)
     if not problems:
         lexical = set(LEXICAL_FILES) if fields.get("lexical") is not None else set()
         problems += file_name_problems(fields["files"], fields.get("layout"), fields.get("shards"), lexical)
@@ -180,6 +182,16 @@ def lexical_problems(fields: dict) -> list[str]:
         problems.append("the lexical part was built over other blocks than the index holds (its blocks_digest "
                         f"{lexical['blocks_digest']!r} differs from the index's {fields.get('blocks_digest')!r})")
     return problems
+
+
+def encoding_problems(fields: dict) -> list[str]:
+    """The record of a reduced-precision encoding: a dtype, and its agreement with float32 on a sample of the blocks
+    it was built with (the measures null when nothing was measured; `remove` may leave fewer blocks than that)."""
+    encoding = fields.get("encoding")
+    if encoding is None:
+        return []
+    return [f"encoding[{name!r}] is {_shown(encoding.get(name))}, expected {meaning}"
+            for name, check, meaning in ENCODING_CHECKS if not check(encoding.get(name))]
 
 
 def file_name_problems(files: dict, layout, shards, lexical: set = frozenset()) -> list[str]:
@@ -236,6 +248,10 @@ def _is_embedder(value) -> bool:
         value.get(key) is None or isinstance(value.get(key), str) for key in ("name", "fingerprint")))
 
 
+def _is_measure(value, low: float) -> bool:
+    return value is None or (_is_param(value) and low <= value <= 1)
+
+
 def _shown(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -257,6 +273,7 @@ FIELD_CHECKS = [  # (field, check, what it must be)
     ("shards", lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of file names"),
     ("lexical", lambda v: isinstance(v, dict), "an object describing the lexical part"),
     ("blocks_digest", lambda v: isinstance(v, str) and DIGEST.match(v) is not None, "32 hex digits"),
+    ("encoding", lambda v: isinstance(v, dict), "an object describing a reduced-precision encoding"),
 ]
 LEXICAL_CHECKS = [  # (field of the lexical part, check, what it must be); values are checked again when loaded
     ("method", lambda v: v == "bm25", "'bm25'"),
@@ -269,4 +286,12 @@ LEXICAL_CHECKS = [  # (field of the lexical part, check, what it must be); value
     ("num_terms", lambda v: _is_count(v, 1), "an integer >= 1"),
     ("num_postings", lambda v: _is_count(v, 1), "an integer >= 1"),
     ("blocks_digest", lambda v: isinstance(v, str) and DIGEST.match(v) is not None, "32 hex digits"),
+]
+ENCODING_CHECKS = [  # (field of the encoding record, check, what it must be)
+    ("dtype", lambda v: isinstance(v, str) and DTYPE_NAME.match(v) is not None, "a dtype name such as 'bfloat16'"),
+    ("autocast", lambda v: isinstance(v, bool), "true or false"),
+    ("sample_blocks", _is_count, "an integer >= 0"),
+    ("cosine_mean", lambda v: _is_measure(v, -1), "null or a number in [-1, 1]"),
+    ("cosine_min", lambda v: _is_measure(v, -1), "null or a number in [-1, 1]"),
+    ("top5_agreement", lambda v: _is_measure(v, 0), "null or a number in [0, 1]"),
 ]

@@ -19,6 +19,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def search_param(text: str) -> tuple[str, int | float | str]:
     """An argparse type: NAME=VALUE for a FAISS search parameter (or rerank), VALUE a number; or precision=NAME."""
     name, sep, value = text.partition("=")
@@ -61,3 +72,18 @@ def check_output(output: str, overwrite: bool) -> None:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"--output {output}: cannot create it under {parent} (not a writable directory); "
                               "choose another path.")
+
+
+def precision_problem(dtype: str, mixed_precision: str, cpu: bool) -> str | None:
+    """What is wrong with --dtype and --mixed-precision on the device the encoding will run on (a GPU when one is
+    present and --cpu is not given), or None."""
+    import torch
+
+    from index_builder.encoding.precision import resolve_precision
+
+    device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
+    try:
+        resolve_precision(dtype, mixed_precision, device)
+    except ValueError as error:
+        return f"--dtype {dtype} / --mixed-precision {mixed_precision}: {error}"
+    return None

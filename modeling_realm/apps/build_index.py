@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from modeling_realm.apps.arguments import check_output, positive_int, search_param
+from modeling_realm.apps.arguments import check_output, non_negative_int, positive_int, precision_problem, search_param
 
 DESCRIPTION = """\
 Build a REALM block index: split a corpus into blocks of at most 288 wordpieces, embed every block with a
@@ -19,6 +19,7 @@ examples:
   realm-build-index docs.jsonl --output my-index --lexical bm25     # also BM25, for lexical and hybrid search
   realm-build-index --lexical bm25 --output my-index                # no corpus: add BM25 to an existing index
   realm-build-index docs.csv --output my-index --text-field body --title-field heading --factory IVF1024,PQ32
+  realm-build-index docs.jsonl --output my-index --dtype bfloat16   # 2-3x faster on a CPU with AVX512-BF16/AMX
   accelerate launch --num_processes 4 -m modeling_realm.apps.build_index docs.parquet --output my-index \
       --mixed-precision bf16
 
@@ -60,7 +61,14 @@ def parse_args(argv=None):
                           help="tokens per block input, title included (at least 8; default 512, or the model's "
                                "positions if fewer)")
     encoding.add_argument("--chunk-size", type=positive_int, default=8192, help="blocks per resumable chunk")
-    encoding.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    encoding.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                          help="run a copy of the block tower in this dtype (float16 on a GPU only); the manifest "
+                               "records how well a sample of blocks agrees with float32 (default float32)")
+    encoding.add_argument("--agreement-sample", type=non_negative_int, default=512,
+                          help="blocks also encoded in float32 to measure a reduced dtype's agreement (default 512; "
+                               "0: record the dtype alone)")
+    encoding.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
+                          help="autocast over the float32 tower instead (not together with --dtype)")
     encoding.add_argument("--cpu", action="store_true", help="encode on CPU even when a GPU is present")
     lexical = parser.add_argument_group("lexical part (BM25, for lexical and hybrid search)")
     lexical.add_argument("--lexical", choices=["bm25"], default=None,
@@ -77,6 +85,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.max_length is not None and args.max_length < 8:
         parser.error(f"--max-length must be >= 8 ([CLS], [SEP] and some text), got {args.max_length}.")
+    problem = precision_problem(args.dtype, args.mixed_precision, args.cpu)
+    if problem is not None:
+        parser.error(problem)
     args.lexical_settings = lexical_settings(args, parser)
     if args.corpus is None:
         if args.lexical is None:
@@ -163,12 +174,13 @@ def main(argv=None) -> int:
         blocks = split_into_blocks(corpus, tokenizer, max_block_length=args.max_block_length, num_proc=args.num_proc)
     index = build_index(blocks, model, tokenizer, args.output, factory=args.factory, batch_size=args.batch_size,
                         max_length=args.max_length, chunk_size=args.chunk_size, accelerator=accelerator,
-                        mixed_precision=args.mixed_precision, embedder_name=args.model or "all-MiniLM-L6-v2 demo",
-                        search_params=args.search_params, overwrite=args.overwrite,
-                        keep_embeddings=args.keep_embeddings, progress=not args.quiet, lexical=args.lexical_settings)
+                        mixed_precision=args.mixed_precision, dtype=args.dtype, agreement_sample=args.agreement_sample,
+                        embedder_name=args.model or "all-MiniLM-L6-v2 demo", search_params=args.search_params,
+                        overwrite=args.overwrite, keep_embeddings=args.keep_embeddings, progress=not args.quiet,
+                        lexical=args.lexical_settings)
     if accelerator.is_main_process:
         summary = {"documents": len(corpus), "blocks": len(index), "dimension": index.dimension,
-                   "factory": index.factory, "lexical": index.has_lexical,
+                   "factory": index.factory, "lexical": index.has_lexical, "encoding": index.manifest.encoding,
                    "seconds": round(time.perf_counter() - started, 1),
                    "bytes_on_disk": sum(p.stat().st_size for p in Path(args.output).rglob("*") if p.is_file()),
                    "output": str(args.output)}

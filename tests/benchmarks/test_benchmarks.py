@@ -140,6 +140,15 @@ def test_bench_encoding_quick(tmp_path):
         assert float(row["overhead %"]) == pytest.approx(100 * (build_s / raw_s - 1), rel=0.01, abs=0.5)
 
 
+def test_bench_encoding_dtype_quick(tmp_path):
+    output = run_script("bench_encoding_dtype.py", tmp_path)
+    rows = {r["encoding"]: r for r in parse_table(output)}
+    assert set(rows) == {"float32", "bfloat16", "autocast bf16"}
+    assert float(rows["float32"]["x float32"]) == 1 and float(rows["float32"]["top-5 agreement"]) == 1
+    assert float(rows["bfloat16"]["blocks/s"]) > 0 and 0 <= float(rows["bfloat16"]["top-5 agreement"]) <= 1
+    assert 0.9 < float(rows["bfloat16"]["cosine min"]) <= 1 and "# queries: --quick: synthetic blocks" in output
+
+
 def test_bench_openqa_quick(tmp_path):
     output = run_script("bench_openqa.py", tmp_path)
     rows = parse_table(output)

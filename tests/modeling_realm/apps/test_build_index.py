@@ -84,6 +84,10 @@ def test_cli_help_explains_itself(capsys):
     (["--factory", "IVF4,PQ5"], r"--factory IVF4,PQ5.*FAISS cannot build factory"),  # 16-d is not split in 5
     (["--search-param", "precision=float16"], r"precision='float16': expected one of float32, bfloat16"),
     (["--factory", "IVF4,Flat", "--search-param", "precision=bfloat16"], r"precision='bfloat16' applies to Flat"),
+    (["--dtype", "float16", "--cpu"], r"--dtype float16 .*needs a GPU; on CPU use dtype='bfloat16'"),
+    (["--dtype", "bfloat16", "--mixed-precision", "bf16"], r"both reduce precision; pass one"),
+    (["--dtype", "int8"], r"--dtype: invalid choice: 'int8'"),
+    (["--agreement-sample", "-1"], r"--agreement-sample: must be >= 0, got -1"),
 ])
 def test_arguments_are_checked_before_the_corpus_is_read(model_dir, tmp_path, capsys, flags, message):
     """The corpus path does not even exist: every bad argument must be reported before it would be read."""
@@ -138,3 +142,13 @@ def test_adding_a_lexical_part_needs_an_existing_index(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--lexical", "bm25", "--output", str(tmp_path / "stranger")])
     assert "not an existing BlockIndex" in capsys.readouterr().err
+
+
+def test_cli_encodes_in_bfloat16_and_records_the_agreement(model_dir, tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "docs.jsonl", DOCUMENTS)
+    assert main([str(corpus), "--output", str(tmp_path / "index"), "--model", str(model_dir), "--text-field", "body",
+                 "--max-block-length", "8", "--dtype", "bfloat16", "--agreement-sample", "4", "--cpu", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    encoding = BlockIndex.load_from_disk(tmp_path / "index").manifest.encoding
+    assert encoding["dtype"] == "bfloat16" and encoding["sample_blocks"] == 4 < summary["blocks"]
+    assert summary["encoding"] == encoding and 0.9 < encoding["cosine_min"] <= encoding["cosine_mean"] <= 1.0
