@@ -5,6 +5,7 @@ it the scripts print why it was skipped, and these tests check that line and thi
 """
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -81,6 +82,7 @@ def test_bench_search_quick(tmp_path):
     assert [r["search params"] for r in exact] == ["-", "precision=bfloat16"]
     assert float(exact[0]["recall@5"]) == 1.0 and float(exact[0]["recall@8"]) == 1.0
     assert float(exact[1]["recall@5"]) >= 0.999  # bfloat16 scores, re-scored in float32
+    assert re.search(r"alternated: [\d.]+ and [\d.]+ ms/query \(medians\), bfloat16 [\d.]+x faster", output)
     assert {r["index"].split(",")[0].rstrip("0123456789") for r in ours} == {"Flat", "IVF", "HNSW"}
     for row in ours:
         assert 0.0 <= float(row["recall@8"]) <= 1.0
