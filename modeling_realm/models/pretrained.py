@@ -16,7 +16,7 @@ from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertMod
 from modeling_realm.hub.sharing import push_model, save_for_sharing
 from modeling_realm.models.checkpoint_checks import check_local_checkpoint
 from modeling_realm.models.configuration import RealmConfig
-from modeling_realm.models.precision import float32_weights, set_precision
+from modeling_realm.models.precision import check_precision, float32_weights, set_precision
 from modeling_realm.models.tf_checkpoint import load_tf_checkpoint
 
 # Ties inside every `cls.predictions` head, as in 4.x (`decoder.bias` is the head's `bias`).
@@ -73,6 +73,8 @@ class RealmPreTrainedModel(PreTrainedModel):
         if kwargs.pop("from_tf", False):
             return cls._from_tf_arguments(pretrained_model_name_or_path, args, kwargs)
         precision = kwargs.pop("precision", None)
+        if precision is not None and kwargs.get("config") is None:
+            kwargs["precision"] = check_precision(precision)  # into the loaded config: the model is built with it
         check_local_checkpoint(pretrained_model_name_or_path, cls.__name__,
                                config_given=kwargs.get("config") is not None)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

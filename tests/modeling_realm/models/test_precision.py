@@ -113,6 +113,15 @@ def test_the_setting_survives_save_and_load_with_float32_weights(precision, tmp_
     assert exact.config.precision == "float32" and backbone_precision(exact) == "float32"
 
 
+def test_float32_on_loading_reads_the_saved_weights_unrounded(tmp_path):
+    model = tiny_model(RealmReader)
+    model.config.precision = "bfloat16"  # a config that asks for bfloat16 over float32 weights
+    model.save_pretrained(tmp_path, model_card=False)
+    loaded = RealmReader.from_pretrained(tmp_path, precision="float32")
+    assert backbone_precision(loaded) == "float32"
+    assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in model.state_dict().items())
+
+
 def test_from_pretrained_precision_and_a_config_field(tmp_path):
     tiny_model(RealmEmbedder).save_pretrained(tmp_path, model_card=False)
     assert RealmEmbedder.from_pretrained(tmp_path, precision="int8").config.precision == "int8"
