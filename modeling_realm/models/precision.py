@@ -139,6 +139,8 @@ def backbones(model: nn.Module):
 def switch_backbone(bert: nn.Module, precision: str) -> None:
     """Switch one BertModel to `precision`, undoing its previous switch first."""
     previous = getattr(bert, PRECISION_ATTRIBUTE, "float32")
+    if previous == precision:  # e.g. each tower's post_init, then the model's: nothing to copy again
+        return
     if previous == "int8":
         for parent, name, linear in list(encoder_linears(bert)):
             setattr(parent, name, plain_linear(linear))
