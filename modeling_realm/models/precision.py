@@ -4,7 +4,7 @@ inference. `set_precision(model, precision)` switches every `BertModel` inside `
 - "bfloat16": the backbone's weights rounded to bfloat16 in place, its whole forward pass in bfloat16 (matrix
   products, attention, LayerNorm, GELU), its outputs returned in float32, so the heads, relevance scores and
   retrieval stay float32. The fastest on CPUs with AVX-512 BF16 (AMD Zen 4, Intel Cooper Lake and later: ~3.5x
-  float32 for the reader, benchmarks/bench_cpu_backends.py) and on GPUs. Any device.
+  float32 for the reader, benchmarks/bench_cpu_backends.py); meant for GPUs too (written, not run on one yet).
 - "int8": the backbone's weights stay float32; each `nn.Linear` of its encoder layers runs on an int8 copy of its
   weight (per output channel) and int8 activations (per row, quantized at every call), the product in int32 by
   `torch._int_mm` and rescaled to float32. ~1.8x float32, for CPUs without bfloat16 arithmetic. CPU only.
