@@ -6,8 +6,8 @@ same ~1.2 KB block texts:
 
 - this package: `RealmForOpenQA.from_pretrained(checkpoint, index=BlockIndex)` and `answer(questions,
   batch_size=...)`, over an exact (Flat) index, over the compressed IVF-PQ index of bench_search, and over that
-  index inside `torch.autocast(dtype=torch.bfloat16)` (same weights, bfloat16 matrix products), and over that index
-  with the reader's Linear layers quantized to int8 by `torch.ao.quantization.quantize_dynamic`;
+  index with the package's precision switch, `from_pretrained(..., precision="bfloat16" | "int8")` (question tower
+  and reader; `models/precision.py`);
 - 4.57.6: `RealmForOpenQA.from_pretrained(checkpoint, retriever=RealmRetriever(block_records, tokenizer))`, one
   question per forward (its only batch size), brute force over `block_emb`, texts from an in-RAM object array.
 
@@ -19,7 +19,6 @@ removing spaces and wordpiece marks (4.x decodes token ids; this package returns
 """
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -113,50 +112,29 @@ def child_ours(args) -> dict:
     index = BlockIndex.load_from_disk(args.index_dir)
     if args.search_params:
         index.set_search_params(**json.loads(args.search_params))
-    model = RealmForOpenQA.from_pretrained(args.checkpoint, index=index)
-    if args.int8_reader:
-        quantize_reader(model)
-    autocast = contextlib.nullcontext()
-    if args.bf16:  # what a user writes: torch.autocast around answer()
-        import torch
-
-        autocast = torch.autocast(model.device.type, dtype=torch.bfloat16)
+    model = RealmForOpenQA.from_pretrained(args.checkpoint, index=index, precision=args.precision)
     times, answers = [], []
-    with autocast:
-        model.answer(questions[:1], batch_size=1)  # warm-up: first-call allocations, FAISS threads
-        for question in questions[:args.batch1_questions]:
-            start = time.perf_counter()
-            answers.append(model.answer([question], batch_size=1)[0]["answer"])
-            times.append(time.perf_counter() - start)
+    model.answer(questions[:1], batch_size=1)  # warm-up: first-call allocations, FAISS threads
+    for question in questions[:args.batch1_questions]:
         start = time.perf_counter()
-        model.answer(questions, batch_size=args.batch_size)
-        throughput = len(questions) / (time.perf_counter() - start)
+        answers.append(model.answer([question], batch_size=1)[0]["answer"])
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    model.answer(questions, batch_size=args.batch_size)
+    throughput = len(questions) / (time.perf_counter() - start)
     return {"seconds_per_question": float(np.median(times)), "questions_per_second": throughput,
             "answers": answers, "peak_rss_bytes": memory_status()["peak_rss_bytes"]}
 
 
-def quantize_reader(model) -> None:
-    """What a user writes for CPU serving: PyTorch's dynamic int8 quantization of the reader's Linear layers
-    (weights int8 per tensor, activations quantized per batch; fbgemm kernels). The question tower stays float32,
-    so retrieval is unchanged. PyTorch deprecates this API in favour of torchao; it still ships in torch 2.13."""
-    import warnings
-
-    import torch
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-        quantize_dynamic(model.reader, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-
-
 def measure_ours(args, checkpoint: Path, index_dir: Path, questions_file: Path, search_params=None,
-                 bf16: bool = False, int8_reader: bool = False) -> dict:
+                 precision: str = "float32") -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--checkpoint", str(checkpoint),
                "--index-dir", str(index_dir), "--questions-file", str(questions_file),
-               "--batch1-questions", str(args.batch1_questions), "--batch-size", str(args.batch_size)]
+               "--batch1-questions", str(args.batch1_questions), "--batch-size", str(args.batch_size),
+               "--precision", precision]
     if search_params:
         command += ["--search-params", json.dumps(search_params)]
-    return run_child(command + (["--bf16"] if bf16 else []) + (["--int8-reader"] if int8_reader else []))
+    return run_child(command)
 
 
 def measure_reference(args, checkpoint: Path, questions_file: Path) -> tuple[dict | None, str]:
@@ -208,8 +186,7 @@ def parse_args(argv=None):
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     # internal: the measured subprocess of this package
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--int8-reader", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     for hidden in ("--checkpoint", "--index-dir", "--questions-file", "--search-params"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -242,10 +219,10 @@ def main(argv=None):
         ours = {"Flat (exact)": measure_ours(args, checkpoint, exact, questions_file),
                 f"{args.compressed}, nprobe 16, rerank 10": measure_ours(
                     args, checkpoint, compressed, questions_file, settings),
-                f"{args.compressed}, nprobe 16, rerank 10, bf16 autocast": measure_ours(
-                    args, checkpoint, compressed, questions_file, settings, bf16=True),
-                f"{args.compressed}, nprobe 16, rerank 10, int8 reader": measure_ours(
-                    args, checkpoint, compressed, questions_file, settings, int8_reader=True)}
+                f"{args.compressed}, nprobe 16, rerank 10, precision bfloat16": measure_ours(
+                    args, checkpoint, compressed, questions_file, settings, precision="bfloat16"),
+                f"{args.compressed}, nprobe 16, rerank 10, precision int8": measure_ours(
+                    args, checkpoint, compressed, questions_file, settings, precision="int8")}
         reference, note = measure_reference(args, checkpoint, questions_file)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from modeling_realm.apps.arguments import positive_int
+from modeling_realm.models.precision import PRECISIONS
 
 DESCRIPTION = """\
 Answer questions with a REALM open-QA model over a block index, and show the evidence each answer came from.
@@ -15,6 +16,7 @@ examples:
   realm-qa "where was Zorvath Kell born?"          # ask the demo your own question
   realm-qa "who wrote hamlet?" --model google/realm-orqa-nq-openqa --allow-pickle
   realm-qa "..." --model my-finetuned-model --index my-index --top-k 3 --json
+  realm-qa "..." --precision bfloat16              # ~3x faster towers on CPUs with AVX-512 BF16 (int8: older CPUs)
 
 Without --model, the demo model is used: a small REALM retriever and reader initialised from all-MiniLM-L6-v2 and
 trained for a few minutes on a synthetic corpus of invented people (so answers can only come from retrieval). Its
@@ -37,6 +39,10 @@ def parse_args(argv=None):
                         help="how blocks are found: the question tower (dense), BM25 (lexical) or both fused (hybrid); "
                              "default: hybrid when the index has a lexical part, else dense")
     parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="how the question tower and reader run: bfloat16 (fastest on CPUs with AVX-512 BF16 and "
+                             "on GPUs), int8 (CPU only, for CPUs without bfloat16 arithmetic) or float32 (exact); "
+                             "default: the precision saved with the model")
     parser.add_argument("--rebuild-demo", action="store_true", help="rebuild the cached demo model and index")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     return parser.parse_args(argv)
@@ -50,12 +56,16 @@ def load(args):
 
     if args.model is None:
         model = load_demo(rebuild=args.rebuild_demo)
-        return model, demo_questions(model)
-    if args.index is not None:
-        index = BlockIndex.from_pretrained(args.index)
+        defaults = demo_questions(model)
     else:
-        index = BlockIndex.from_realm_checkpoint(args.model, allow_pickle=args.allow_pickle)
-    return RealmForOpenQA.from_pretrained(args.model, index=index).eval(), []
+        if args.index is not None:
+            index = BlockIndex.from_pretrained(args.index)
+        else:
+            index = BlockIndex.from_realm_checkpoint(args.model, allow_pickle=args.allow_pickle)
+        model, defaults = RealmForOpenQA.from_pretrained(args.model, index=index).eval(), []
+    if args.precision is not None:
+        model.set_precision(args.precision)
+    return model, defaults
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import GenerationConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from modeling_realm.models.precision import check_precision
+
 logger = logging.getLogger(__name__)
 
 # Keys a config.json or from_pretrained may carry that are not dataclass fields but that PreTrainedConfig reads.
@@ -104,6 +106,7 @@ class RealmConfig(PreTrainedConfig):
     use_scann: bool = False
     separate_query_embedder: bool = False
     retriever_pooling: str = "cls"
+    precision: str = "float32"
     pad_token_id: int | None = 1
     bos_token_id: int | None = 0
     eos_token_id: int | None = 2
@@ -156,6 +159,9 @@ class RealmConfig(PreTrainedConfig):
             raise ValueError(f"RealmConfig.retriever_pooling={self.retriever_pooling!r} is not supported; use 'cls' "
                              "(the pooler over [CLS], google's checkpoints) or 'mean' (mean of the token states over "
                              "the attention mask, sentence encoders).")
+
+    def validate_precision(self):
+        check_precision(self.precision)
 
     def validate_position_embedding_type(self):
         if self.position_embedding_type != "absolute":

@@ -16,6 +16,7 @@ from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertMod
 from modeling_realm.hub.sharing import push_model, save_for_sharing
 from modeling_realm.models.checkpoint_checks import check_local_checkpoint
 from modeling_realm.models.configuration import RealmConfig
+from modeling_realm.models.precision import check_precision, float32_weights, set_precision
 from modeling_realm.models.tf_checkpoint import load_tf_checkpoint
 
 # Ties inside every `cls.predictions` head, as in 4.x (`decoder.bias` is the head's `bias`).
@@ -40,6 +41,21 @@ class RealmPreTrainedModel(PreTrainedModel):
         if isinstance(module, BertLMPredictionHead):
             init.zeros_(module.bias)
 
+    def post_init(self):
+        super().post_init()
+        if self.config.precision != "float32":
+            set_precision(self, self.config.precision)
+
+    def set_precision(self, precision: str):
+        """Run the matrix products of this model's BERT encoder layers (every tower: the reader and the question
+        tower of `RealmForOpenQA`) in "int8" (CPU only; the fastest there), "bfloat16" or "float32" (the default,
+        exact), for inference. The weights stay float32 parameters; the setting is recorded in `config.precision`,
+        so `save_pretrained` + `from_pretrained` apply it again. Returns the model. See `models/precision.py`.
+        """
+        set_precision(self, precision)
+        self.config.precision = precision
+        return self
+
     def _resolve_return_dict(self, return_dict):
         return return_dict if return_dict is not None else self.config.return_dict
 
@@ -50,12 +66,21 @@ class RealmPreTrainedModel(PreTrainedModel):
 
         With `from_tf=True`, `pretrained_model_name_or_path` is a google TensorFlow checkpoint (or a list of them),
         read by `from_tf_checkpoint` (only `config` and `verify_checksums` apply then).
+
+        With `precision="int8" | "bfloat16" | "float32"`, the loaded model runs at that precision (`set_precision`);
+        by default at the one saved in its config.
         """
         if kwargs.pop("from_tf", False):
             return cls._from_tf_arguments(pretrained_model_name_or_path, args, kwargs)
+        precision = kwargs.pop("precision", None)
+        if precision is not None and kwargs.get("config") is None:
+            kwargs["precision"] = check_precision(precision)  # into the loaded config: the model is built with it
         check_local_checkpoint(pretrained_model_name_or_path, cls.__name__,
                                config_given=kwargs.get("config") is not None)
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if precision is not None:
+            (loaded[0] if isinstance(loaded, tuple) else loaded).set_precision(precision)
+        return loaded
 
     @classmethod
     def from_tf_checkpoint(cls, checkpoint, config: RealmConfig | None = None, verify_checksums: bool = True):
@@ -84,8 +109,9 @@ class RealmPreTrainedModel(PreTrainedModel):
         model card unless `model_card=False`. `repo_id` names the model in the card (default: `save_directory`);
         `push_to_hub=True` pushes the folder as transformers does.
         """
-        save_for_sharing(self, super().save_pretrained, save_directory, *args, tokenizer=tokenizer,
-                         write_card=model_card, **kwargs)
+        with float32_weights(self):  # a bfloat16 backbone is saved in float32 (exactly), with config.precision
+            save_for_sharing(self, super().save_pretrained, save_directory, *args, tokenizer=tokenizer,
+                             write_card=model_card, **kwargs)
 
     def push_to_hub(self, repo_id: str, *, tokenizer=None, model_card: bool = True, **kwargs):
         """Upload the model (and `tokenizer`), its code and a model card to the Hub repository `repo_id`, in one

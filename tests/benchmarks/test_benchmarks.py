@@ -156,7 +156,7 @@ def test_bench_openqa_quick(tmp_path):
     rows = parse_table(output)
     ours = [row for row in rows if row["side"] == "this package"]
     assert [row["index"].split(",")[0] for row in ours] == ["Flat (exact)", "IVF256", "IVF256", "IVF256"], output
-    assert ours[2]["index"].endswith("bf16 autocast") and ours[3]["index"].endswith("int8 reader")
+    assert ours[2]["index"].endswith("precision bfloat16") and ours[3]["index"].endswith("precision int8")
     for row in ours:
         assert float(row["s/question, batch 1"]) > 0 and float(row["questions/s, batch 8"]) > 0
     reference = [row for row in rows if row["side"] == "transformers 4.57.6"]
@@ -165,6 +165,16 @@ def test_bench_openqa_quick(tmp_path):
         # same weights, same blocks, exact search: every answer agrees with 4.57.6's
         assert ours[0]["answers = 4.57.6"] == "3/3", output
         assert float(ours[0]["x 4.57.6 (batch 1)"]) > 0
+
+
+def test_bench_cpu_backends_quick(tmp_path):
+    rows = {row["candidate"]: row for row in parse_table(run_script("bench_cpu_backends.py", tmp_path))}
+    assert set(rows) == {"float32", "bfloat16 weights (.to)", "bfloat16 autocast", "torch.ao quantize_dynamic int8",
+                         "set_precision('bfloat16')", "set_precision('int8') (torch._int_mm)"}
+    assert float(rows["float32"]["max abs diff of logits"]) == 0 and rows["float32"]["x float32"] == "1"
+    for name in ("set_precision('bfloat16')", "set_precision('int8') (torch._int_mm)"):
+        assert float(rows[name]["ms / forward (median)"]) > 0, rows[name]
+        assert 0 < float(rows[name]["max abs diff of logits"]) < 0.1, rows[name]
 
 
 def test_bench_hybrid_quick(tmp_path):
