@@ -25,9 +25,7 @@ def test_demo_is_built_once_then_loaded_from_the_cache(small_demo, monkeypatch):
     assert summary["held_out_questions"] == len([q for q in synthetic.questions(synthetic.invent_people(24))
                                                  if int(q["doc_id"]) < 4])
     assert len(model.index) == 24 and model.index.manifest.embedder_fingerprint
-    encoding = model.index.manifest.encoding  # bfloat16 where the CPU has it natively, with its agreement recorded
-    assert (encoding or {}).get("dtype", "float32") == demo.index_dtype() and summary["index_encoding"] == encoding
-    assert encoding is None or encoding["sample_blocks"] == min(24, demo.AGREEMENT_SAMPLE)
+    assert model.index.manifest.encoding is None  # float32: a bfloat16 index trained a worse demo reader
     answer = model.answer(demo.demo_questions()[0])
     assert answer["text"][answer["start"]:answer["end"]] == answer["answer"] and answer["title"]
 
