@@ -16,7 +16,7 @@ from index_builder import BlockIndex
 from index_builder.encoding.build import build_index, default_work_dir
 from index_builder.encoding.encode import ENCODING_FILE, chunk_path, encode_blocks
 from modeling_realm import RealmRetriever
-from tests.helpers import VOCAB, perturb_, tiny_config
+from tests.helpers import VOCAB, tiny_config
 from tokenization import RealmTokenizerFast
 from tokenization.block_inputs import block_inputs
 
@@ -28,19 +28,6 @@ def make_blocks(n, seed=0):
     texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 30)))) for _ in range(n)]
     titles = ["" if i % 3 == 0 else " ".join(rng.choice(WORDS, size=2)) for i in range(n)]
     return datasets.Dataset.from_dict({"title": titles, "text": texts})
-
-
-@pytest.fixture(scope="module")
-def retriever():
-    torch.manual_seed(0)
-    model = RealmRetriever(tiny_config())
-    perturb_(model, 1)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return RealmTokenizerFast(vocab_file=str(VOCAB))
 
 
 def direct_embeddings(model, tokenizer, blocks):

@@ -12,23 +12,7 @@ from index_builder.encoding.build import build_index
 from index_builder.encoding.encode import ENCODING_FILE, encode_blocks
 from index_builder.hub.card import card_body
 from index_builder.index.manifest import IndexMismatchError, Manifest
-from modeling_realm import RealmRetriever
-from tests.helpers import VOCAB, perturb_, tiny_config
 from tests.index_builder.encoding.test_encode import direct_embeddings, make_blocks
-from tokenization import RealmTokenizerFast
-
-
-@pytest.fixture(scope="module")
-def retriever():
-    torch.manual_seed(0)
-    model = RealmRetriever(tiny_config())
-    perturb_(model, 1)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return RealmTokenizerFast(vocab_file=str(VOCAB))
 
 
 def cosines(a, b):
