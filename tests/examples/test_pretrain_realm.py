@@ -177,11 +177,22 @@ def test_two_cpu_processes_under_torchrun_with_async_refresh(workdir, tmp_path):
         assert any(not torch.equal(trained[n], initial[n]) for n in initial if n.startswith(prefix)), prefix
 
 
-def test_async_refresh_trains_while_the_worker_encodes(script, workdir, tmp_path):
+def test_async_refresh_trains_while_the_worker_encodes(script, workdir, tmp_path, monkeypatch):
+    from modeling_realm.pretraining import refresh
+
+    class SavedAtOnce(refresh.TowerSnapshot):
+        """The tower snapshot saved before training goes on, so the worker of step 1 starts at the next step's poll
+        however slow the machine (otherwise 3 short steps can end before the copy is saved, and it is dropped)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.join()
+
+    monkeypatch.setattr(refresh, "TowerSnapshot", SavedAtOnce)
     metrics = script.main(cli(workdir, tmp_path, "--max-train-steps", 3, "--refresh-mode", "async",
                               "--refresh-every", 1, "--logging-steps", 1, "--masking", "random_span"))
     assert metrics["completed_steps"] == 3 and metrics["refresh_failures"] == 0
-    # The worker of step 1 started at once; training never waited for it (it is stopped at the end if still busy).
+    # The worker of step 1 started; training never waited for it (it is stopped at the end if still busy).
     assert (tmp_path / "index_versions" / "worker-v1.log").is_file()
     versions = [r["index_version"] for r in metrics["history"]]
     assert versions == sorted(versions) and all(r["index_staleness"] >= 0 for r in metrics["history"])
