@@ -68,7 +68,7 @@ def encoding_record(blocks, model, tokenizer, embeddings, precision: Precision, 
     if len(rows):
         # [n, d] each
         reference = embed_in_memory(blocks.select(rows), model, tokenizer, batch_size, max_length)
-        reduced = np.stack([embeddings[row:row + 1][0] for row in rows])
+        reduced = embeddings.take(rows)
         record.update(agreement(reference, reduced))
     else:
         record.update(sample_blocks=0, cosine_mean=None, cosine_min=None, top5_agreement=None)

@@ -294,6 +294,17 @@ class ChunkedEmbeddings:
         # [stop - start, dim]
         return np.concatenate(parts) if parts else np.empty((0, self.plan.dimension), dtype=np.float32)
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """`[len(rows), dim]` embeddings of the given rows, opening each chunk they fall in once."""
+        rows = np.asarray(rows, dtype=np.int64)
+        found = np.empty((len(rows), self.plan.dimension), dtype=np.float32)
+        chunks = rows // self.plan.chunk_size
+        for chunk in np.unique(chunks):
+            data = np.load(chunk_path(self.work_dir, int(chunk)), mmap_mode="r", allow_pickle=False)
+            mine = chunks == chunk
+            found[mine] = data[rows[mine] - int(chunk) * self.plan.chunk_size]
+        return found
+
     def remove_files(self) -> None:
         """Delete the chunk files and the plan once an index has been built from them."""
         for chunk in range(self.plan.num_chunks):

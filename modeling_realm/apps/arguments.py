@@ -4,6 +4,9 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
+
+from index_builder.encoding.precision import resolve_precision
 from index_builder.index.exact import PRECISIONS
 from index_builder.index.faiss_utils import PRECISION, RERANK, SEARCH_PARAMS
 
@@ -75,10 +78,6 @@ def check_output(output: str, overwrite: bool) -> None:
 def precision_problem(dtype: str, mixed_precision: str, cpu: bool) -> str | None:
     """What is wrong with --dtype and --mixed-precision on the device the encoding will run on (a GPU when one is
     present and --cpu is not given), or None."""
-    import torch
-
-    from index_builder.encoding.precision import resolve_precision
-
     device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
     try:
         resolve_precision(dtype, mixed_precision, device)

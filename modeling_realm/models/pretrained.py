@@ -47,10 +47,11 @@ class RealmPreTrainedModel(PreTrainedModel):
             set_precision(self, self.config.precision)
 
     def set_precision(self, precision: str):
-        """Run the matrix products of this model's BERT encoder layers (every tower: the reader and the question
-        tower of `RealmForOpenQA`) in "int8" (CPU only; the fastest there), "bfloat16" or "float32" (the default,
-        exact), for inference. The weights stay float32 parameters; the setting is recorded in `config.precision`,
-        so `save_pretrained` + `from_pretrained` apply it again. Returns the model. See `models/precision.py`.
+        """Run this model's BERT backbones (every tower: the reader and the question tower of `RealmForOpenQA`) in
+        "bfloat16" (weights rounded in place; the fastest on CPUs with AVX-512 BF16 and on GPUs), "int8" (CPU only,
+        for CPUs without bfloat16 arithmetic) or "float32" (the default, exact), for inference. The setting is
+        recorded in `config.precision`; `save_pretrained` writes float32 weights and `from_pretrained` applies it
+        again. Returns the model. See `models/precision.py`.
         """
         set_precision(self, precision)
         self.config.precision = precision
