@@ -289,7 +289,7 @@ class ChunkedEmbeddings:
         parts = []
         for chunk in range(start // size, -(-stop // size)):
             first = chunk * size
-            data = np.load(chunk_path(self.work_dir, chunk), mmap_mode="r", allow_pickle=False)
+            data = self._chunk(chunk)
             parts.append(data[max(start - first, 0):min(stop - first, len(data))])
         # [stop - start, dim]
         return np.concatenate(parts) if parts else np.empty((0, self.plan.dimension), dtype=np.float32)
@@ -300,10 +300,14 @@ class ChunkedEmbeddings:
         found = np.empty((len(rows), self.plan.dimension), dtype=np.float32)
         chunks = rows // self.plan.chunk_size
         for chunk in np.unique(chunks):
-            data = np.load(chunk_path(self.work_dir, int(chunk)), mmap_mode="r", allow_pickle=False)
+            data = self._chunk(int(chunk))
             mine = chunks == chunk
             found[mine] = data[rows[mine] - int(chunk) * self.plan.chunk_size]
         return found
+
+    def _chunk(self, chunk: int) -> np.ndarray:
+        """Chunk `chunk`'s `[rows, dim]` embeddings, memory-mapped."""
+        return np.load(chunk_path(self.work_dir, chunk), mmap_mode="r", allow_pickle=False)
 
     def remove_files(self) -> None:
         """Delete the chunk files and the plan once an index has been built from them."""
