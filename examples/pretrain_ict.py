@@ -80,6 +80,9 @@ def parse_args(argv=None):
                       help="block tower input length, title and special tokens included (as the index builder)")
     data.add_argument("--keep-prob", type=float, default=DEFAULT_KEEP_PROB,
                       help="probability that the query sentence stays in its block (ORQA: 0.1)")
+    data.add_argument("--projection", choices=["auto", "identity", "random"], default="auto",
+                      help="a plain BERT's retrieval projection (load_retriever): auto = the identity at full width "
+                           "for a sentence encoder, a fresh 128-d one otherwise")
     data.add_argument("--towers", choices=["separate", "shared"], default="separate",
                       help="separate query and block towers from the same weights (ORQA), or one shared tower")
     train = parser.add_argument_group("training")
@@ -127,7 +130,7 @@ def check_args(parser, args):
 def load_model(args, accelerator):
     """(RealmRetriever with the towers --towers asks for, tokenizer); the main process downloads first."""
     with accelerator.main_process_first():
-        model = load_retriever(args.model, seed=args.seed)
+        model = load_retriever(args.model, seed=args.seed, projection=args.projection)
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model or demo_model_path())
     if args.towers == "separate":
         model = with_separate_towers(model)

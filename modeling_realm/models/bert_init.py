@@ -23,9 +23,11 @@ from modeling_realm.models.encoder import RealmKnowledgeAugEncoder
 from modeling_realm.models.mlm_head_init import load_or_tie_mlm_head
 from modeling_realm.models.projection_init import (
     DEFAULT_PCA_SAMPLE,
+    DEFAULT_SCORE_SCALE,
     embedders_of,
     init_projection_from_corpus,
     init_projection_identity,
+    set_score_scale,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,8 @@ def realm_config_from_bert(bert_config: BertConfig, **overrides) -> RealmConfig:
 
 
 def init_from_bert(model_class, bert_name_or_path, projection: str = "random", blocks=None, tokenizer=None,
-                   pca_sample_size: int = DEFAULT_PCA_SAMPLE, **config_overrides):
+                   pca_sample_size: int = DEFAULT_PCA_SAMPLE, score_scale: float | None = DEFAULT_SCORE_SCALE,
+                   **config_overrides):
     """Build `model_class` (any REALM model) with every BERT tower copied from `bert_name_or_path`.
 
     Args:
@@ -57,6 +60,8 @@ def init_from_bert(model_class, bert_name_or_path, projection: str = "random", b
             BERT's hidden size, its default then) or "pca" (the top principal directions of the block
             tower's pooled embeddings of a sample of `blocks`, with `tokenizer`; default the BERT's tokenizer).
         blocks: the corpus sample for "pca": texts, or `split_into_blocks` output; at most `pca_sample_size` used.
+        score_scale: retrieval scores start as this multiple of a cosine (`projection_init.set_score_scale`); None
+            keeps REALM's LayerNorm weight of 1 (scores up to +-retriever_proj_size, near-hard softmaxes).
         **config_overrides: REALM fields such as `retriever_proj_size=128`, `separate_query_embedder=True` or
             `retriever_pooling="mean"` (default: the checkpoint's sentence-transformers pooling, else "cls").
     Returns:
@@ -80,6 +85,8 @@ def init_from_bert(model_class, bert_name_or_path, projection: str = "random", b
                          f"{model_class.__name__} does not have; leave projection at 'random'.")
     if _embedders(model):
         _init_projection(model, projection, blocks, tokenizer, bert_name_or_path, pca_sample_size)
+        if score_scale is not None:
+            set_score_scale(model, score_scale)
         _warn_poor_retriever(model.config, projection, sentence_pooling, bert_name_or_path)
     return model
 

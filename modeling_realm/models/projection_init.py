@@ -13,6 +13,12 @@ normalisation, which is what sentence encoders were trained for:
   information but would dominate the first component. On SQuAD with MiniLM it changes nothing measurable (recall@5
   82.5 centred, 82.7 not, 128-d), nor does the LayerNorm against a plain cosine (82.5 both): the choices are safe,
   not gains.
+
+The LayerNorm makes every embedding's norm sqrt(retriever_proj_size), so a score `query . block` is that size times
+a cosine: +-384 at 384-d, where softmaxes over blocks (in-batch ICT, ORQA's retriever loss, the reader's
+relevance term) are near-hard maxima with huge gradients. `set_score_scale` starts the LayerNorm weight at
+sqrt(scale / retriever_proj_size), so a score is `scale` times a cosine (sentence-transformers' in-batch loss
+scales cosines by 20); rankings do not change, and training may move the weight.
 """
 
 import random
@@ -23,6 +29,7 @@ from modeling_realm.models.embedder import RealmEmbedder
 from tokenization.block_inputs import DEFAULT_BLOCK_SEQ_LEN, block_inputs
 
 DEFAULT_PCA_SAMPLE = 2048
+DEFAULT_SCORE_SCALE = 20.0
 
 
 def embedders_of(model) -> list[RealmEmbedder]:
@@ -46,6 +53,15 @@ def set_projection(model, weight: torch.Tensor, bias: torch.Tensor) -> None:
         head.dense.bias.copy_(bias)
         head.LayerNorm.weight.fill_(1.0)
         head.LayerNorm.bias.zero_()
+
+
+@torch.no_grad()
+def set_score_scale(model, scale: float) -> None:
+    """Every embedder's LayerNorm weight := sqrt(scale / retriever_proj_size): scores become `scale` x a cosine."""
+    if not scale > 0:
+        raise ValueError(f"The score scale must be > 0, got {scale}.")
+    for embedder in embedders_of(model):
+        embedder.cls.LayerNorm.weight.fill_((scale / embedder.config.retriever_proj_size) ** 0.5)
 
 
 def init_projection_identity(model) -> None:

@@ -13,11 +13,14 @@ from transformers import BertConfig, BertForMaskedLM, BertModel
 from modeling_realm import RealmConfig, RealmEmbedder, RealmKnowledgeAugEncoder, RealmRetriever
 from modeling_realm.models.bert_init import init_from_bert
 from modeling_realm.models.embedder import mean_pool
+from modeling_realm.models.loading import load_retriever
 from modeling_realm.models.mlm_head_init import HEAD_START_SCALE
 from modeling_realm.models.projection_init import (
+    DEFAULT_SCORE_SCALE,
     init_projection_from_corpus,
     init_projection_identity,
     principal_directions,
+    set_score_scale,
 )
 from modeling_realm.pretraining import RealmPretrainingModel, freeze_unused_parameters
 from tests.helpers import TINY, VOCAB, tiny_config
@@ -215,3 +218,40 @@ def test_mean_pooled_retrievers_freeze_their_unused_poolers():
                                       RealmKnowledgeAugEncoder(tiny_config()))
         frozen = freeze_unused_parameters(model)
         assert sum(n.startswith("retriever.") and ".realm.pooler." in n for n in frozen) == frozen_poolers, pooling
+
+
+def test_the_score_scale_sets_how_sharp_scores_start_without_changing_rankings(tmp_path):
+    save_bert(tmp_path, pooling="mean")
+    scaled = init_from_bert(RealmRetriever, tmp_path, projection="identity").eval()  # default: 20 x a cosine
+    plain = init_from_bert(RealmRetriever, tmp_path, projection="identity", score_scale=None).eval()
+    assert torch.equal(plain.embedder.cls.LayerNorm.weight, torch.ones(32))
+    input_ids, mask = ids_and_mask()
+    with torch.no_grad():
+        sharp, flat = scaled.embed_queries(input_ids, mask), plain.embed_queries(input_ids, mask)  # [2, 32]
+    torch.testing.assert_close(sharp.norm(dim=-1), torch.full((2,), DEFAULT_SCORE_SCALE ** 0.5), rtol=1e-4, atol=0)
+    torch.testing.assert_close(flat.norm(dim=-1), torch.full((2,), 32 ** 0.5), rtol=1e-4, atol=0)
+    torch.testing.assert_close(sharp @ sharp.T, (flat @ flat.T) * DEFAULT_SCORE_SCALE / 32, rtol=1e-4, atol=1e-4)
+    set_score_scale(plain, 2.0)
+    assert torch.allclose(plain.query_embedder.cls.LayerNorm.weight, torch.full((32,), (2.0 / 32) ** 0.5))
+    with pytest.raises(ValueError, match="score scale must be > 0"):
+        set_score_scale(plain, 0.0)
+
+
+def test_load_retriever_keeps_a_sentence_encoders_space_and_gives_other_berts_realms_projection(tmp_path, caplog):
+    save_bert(tmp_path / "sentence", pooling="mean")
+    save_bert(tmp_path / "plain")
+    with caplog.at_level(logging.WARNING):
+        sentence = load_retriever(str(tmp_path / "sentence"))
+    assert warnings_of(caplog) == ""
+    assert sentence.config.retriever_pooling == "mean" and sentence.config.retriever_proj_size == 32
+    assert torch.equal(sentence.embedder.cls.dense.weight, torch.eye(32))
+    with caplog.at_level(logging.WARNING):
+        plain = load_retriever(str(tmp_path / "plain"), seed=3)
+    assert "projection is freshly initialised (seed 3)" in warnings_of(caplog)
+    assert plain.config.retriever_pooling == "cls" and plain.config.retriever_proj_size == 128
+    again = load_retriever(str(tmp_path / "plain"), seed=3)
+    assert torch.equal(again.embedder.cls.dense.weight, plain.embedder.cls.dense.weight)  # seeded
+    chosen = load_retriever(str(tmp_path / "sentence"), projection="random")
+    assert chosen.config.retriever_proj_size == 128
+    with pytest.raises(ValueError, match="needs a corpus sample: use init_from_bert with blocks="):
+        load_retriever(str(tmp_path / "sentence"), projection="pca")
