@@ -36,11 +36,12 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import AutoConfig, get_linear_schedule_with_warmup
 
 from index_builder import BlockIndex
-from modeling_realm import RealmForOpenQA, training
-from modeling_realm.openqa import collate_qa, evaluate_predictions, load_qa, training_batch
+from modeling_realm import RealmForOpenQA, load_retriever, training
+from modeling_realm.models import demo_model_path
+from modeling_realm.openqa import collate_qa, evaluate_predictions, load_qa, openqa_from_retriever, training_batch
 from tokenization import RealmTokenizerFast
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,13 @@ logger = logging.getLogger(__name__)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("model and data")
-    data.add_argument("--model", required=True, help="RealmForOpenQA directory or Hub id")
+    data.add_argument("--model", default=None, help="RealmForOpenQA directory or Hub id; or a RealmRetriever or BERT "
+                      "checkpoint to start from (its query tower; the index must come from its block tower; "
+                      "default: the demo MiniLM, as realm-build-index's default)")
+    data.add_argument("--reader-model", default=None, help="BERT checkpoint the reader starts from when --model is "
+                      "not a RealmForOpenQA (default: --model when it is a BERT, else the demo MiniLM)")
+    data.add_argument("--projection", choices=["auto", "identity", "random"], default="auto",
+                      help="a BERT --model's retrieval projection (as realm-build-index made the index with)")
     data.add_argument("--index", required=True, help="BlockIndex directory or Hub dataset id")
     data.add_argument("--tokenizer", default=None, help="tokenizer directory or Hub id (default: --model)")
     data.add_argument("--train-file", required=True, help="training questions: jsonl or saved datasets directory")
@@ -65,9 +72,19 @@ def parse_args(argv=None):
     train.add_argument("--output-dir", required=True)
     train.add_argument("--num-blocks", type=int, default=None,
                        help="blocks retrieved per question for the retriever loss (default config.searcher_beam_size)")
-    train.add_argument("--per-device-train-batch-size", type=int, default=4)
+    train.add_argument("--comprehension-steps", type=int, default=None,
+                       help="first optimizer steps of reading comprehension: the reader reads only the best-ranked "
+                            "retrieved block that holds an answer (one block per question, 5x cheaper); default: "
+                            "the first epoch for a new model (its reader starts from a BERT), 0 for a RealmForOpenQA")
+    train.add_argument("--reader-beam-size", type=int, default=5, help="blocks read per question (a new model)")
+    train.add_argument("--searcher-beam-size", type=int, default=32,
+                       help="blocks retrieved per training question (a new model's config)")
+    train.add_argument("--reader-seq-len", type=int, default=320, help="reader input length (a new model)")
+    train.add_argument("--per-device-train-batch-size", type=int, default=16)
     train.add_argument("--per-device-eval-batch-size", type=int, default=8)
-    train.add_argument("--learning-rate", type=float, default=1e-5)
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="default: 1e-4 for a new model (measured with all-MiniLM-L6-v2 on SQuAD), 1e-5 (ORQA's) "
+                            "to fine-tune a RealmForOpenQA")
     train.add_argument("--num-train-epochs", type=int, default=2)
     train.add_argument("--max-train-steps", type=int, default=None, help="optimizer steps; overrides the epochs")
     train.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup over this share of steps")
@@ -88,6 +105,10 @@ def check_args(parser, args):
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
     if not 0 <= args.warmup_ratio < 1:
         parser.error(f"--warmup-ratio must lie in [0, 1), got {args.warmup_ratio}.")
+    if args.comprehension_steps is not None and args.comprehension_steps < 0:
+        parser.error(f"--comprehension-steps must be >= 0, got {args.comprehension_steps}.")
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be > 0, got {args.learning_rate}.")
     steps = args.checkpointing_steps
     if steps is not None and steps != "epoch" and not (steps.isdigit() and int(steps) > 0):
         parser.error(f"--checkpointing-steps must be a positive integer or 'epoch', got {steps!r}.")
@@ -98,10 +119,42 @@ def load_model(args, accelerator):
     """(model with the index attached, tokenizer); the main process downloads first when ids are Hub ids."""
     with accelerator.main_process_first():
         index = BlockIndex.from_pretrained(args.index)
-        tokenizer = RealmTokenizerFast.from_pretrained(args.tokenizer or args.model)
-        model = RealmForOpenQA.from_pretrained(args.model, index=index, tokenizer=tokenizer)
-    logger.info("Model %s, index %r", args.model, index)
+        model_path = args.model or demo_model_path()
+        tokenizer = RealmTokenizerFast.from_pretrained(args.tokenizer or model_path)
+        if is_openqa_checkpoint(model_path):
+            model = RealmForOpenQA.from_pretrained(model_path, index=index, tokenizer=tokenizer)
+        else:
+            model = new_openqa_model(args, model_path, index)
+            model.tokenizer = tokenizer
+    logger.info("Model %s, index %r", model_path, index)
     return model, tokenizer
+
+
+def is_openqa_checkpoint(path: str) -> bool:
+    config = AutoConfig.from_pretrained(path)
+    return config.model_type == "realm" and "RealmForOpenQA" in (getattr(config, "architectures", None) or [])
+
+
+def new_openqa_model(args, model_path: str, index) -> RealmForOpenQA:
+    """ORQA's start: the question tower of the retriever at `model_path`, a reader from a BERT."""
+    # load_retriever's default seed, as realm-build-index used: the same (random parts of the) towers that built
+    # the index, which check_compatible confirms through the block tower's fingerprint
+    retriever = load_retriever(model_path, projection=args.projection)
+    reader = args.reader_model or (model_path if AutoConfig.from_pretrained(model_path).model_type == "bert"
+                                   else demo_model_path())
+    return openqa_from_retriever(retriever, index, reader, reader_beam_size=args.reader_beam_size,
+                                 searcher_beam_size=args.searcher_beam_size, reader_seq_len=args.reader_seq_len)
+
+
+def fill_defaults(args, new_model: bool, per_epoch: int) -> None:
+    """The learning rate and reading-comprehension steps the user left unset: a new model's reader starts from a
+    BERT and learns to read first (one epoch of comprehension, lr 1e-4); a RealmForOpenQA continues ORQA's way."""
+    if args.learning_rate is None:
+        args.learning_rate = 1e-4 if new_model else 1e-5
+    if args.comprehension_steps is None:
+        args.comprehension_steps = per_epoch if new_model else 0
+    logger.info("Learning rate %g; %d steps of reading comprehension first", args.learning_rate,
+                args.comprehension_steps)
 
 
 def make_optimizer(model, args):
@@ -180,8 +233,7 @@ def train_epoch(run: Run, batches):
     for batch in batches:
         with accelerator.accumulate(model):
             # Retrieval (no grad) with the plain model; the loss through the wrapped (e.g. DDP) model.
-            inputs = training_batch(unwrapped, run.tokenizer, batch["questions"], batch["answers"], match=args.match,
-                                    num_blocks=args.num_blocks)
+            inputs = reading_batch(run, unwrapped, batch)
             loss = model(**inputs).loss
             accelerator.backward(loss)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -198,6 +250,20 @@ def train_epoch(run: Run, batches):
             after_step(run, recent)
             if state["completed_steps"] >= run.total_steps:
                 break
+
+
+def reading_batch(run: Run, model, batch) -> dict:
+    """The step's inputs: reading comprehension for the first --comprehension-steps steps, then ORQA's reading of
+    the top retrieved blocks (also for a comprehension batch none of whose questions found an answer, so that every
+    process still runs a forward and backward pass)."""
+    args = run.args
+    if run.state["completed_steps"] < args.comprehension_steps:
+        inputs = training_batch(model, run.tokenizer, batch["questions"], batch["answers"], match=args.match,
+                                num_blocks=args.num_blocks, read="answer_block")
+        if inputs is not None:
+            return inputs
+    return training_batch(model, run.tokenizer, batch["questions"], batch["answers"], match=args.match,
+                          num_blocks=args.num_blocks)
 
 
 def after_step(run: Run, recent: list[float]):
@@ -260,6 +326,7 @@ def setup(args) -> Run:
     model, tokenizer = load_model(args, accelerator)
     model.train()
     per_epoch, total_steps, epochs = plan_steps(args, len(train), accelerator.num_processes)
+    fill_defaults(args, new_model=not is_openqa_checkpoint(args.model or demo_model_path()), per_epoch=per_epoch)
     optimizer = make_optimizer(model, args)
     # A prepared scheduler steps once per process per optimizer step, hence the factor.
     scheduler = get_linear_schedule_with_warmup(

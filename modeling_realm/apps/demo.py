@@ -29,7 +29,7 @@ from modeling_realm.apps import synthetic
 from modeling_realm.models import RealmRetriever
 from modeling_realm.models.bert_init import init_from_bert
 from modeling_realm.models.loading import demo_model_path
-from modeling_realm.openqa import RealmForOpenQA
+from modeling_realm.openqa import RealmForOpenQA, openqa_from_retriever
 from modeling_realm.openqa.batches import training_batch
 from tokenization.block_inputs import block_inputs
 from tokenization.storage import atomic_directory
@@ -41,6 +41,7 @@ SETTINGS = dict(num_people=240, seed=0, retriever_steps=100, reader_steps=120, b
                 held_out_people=40)
 QA_CONFIG = dict(retriever_proj_size=128, reader_beam_size=2, searcher_beam_size=4, reader_seq_len=80,
                  searcher_seq_len=32, max_span_width=10, span_hidden_size=128)
+READER_CONFIG = {name: value for name, value in QA_CONFIG.items() if name != "retriever_proj_size"}
 
 
 def demo_dir() -> Path:
@@ -79,7 +80,7 @@ def build_demo(directory) -> dict:
         blocks = datasets.Dataset.from_list(docs)
         index = build_index(blocks, retriever, tokenizer, staging / "index", embedder_name="realm-hf demo retriever",
                             progress=True)
-        model = openqa_from(retriever, base, index)
+        model = openqa_from_retriever(retriever, index, base, **READER_CONFIG)
         model.tokenizer = tokenizer
         train_reader(model, tokenizer, train)
         summary = evaluate(model, tokenizer, test, time.perf_counter() - started)
@@ -121,16 +122,6 @@ def _distinct_documents(rng: random.Random, items: list[dict], size: int) -> lis
             chosen.append(item)
             seen.add(item["doc_id"])
     return chosen
-
-
-def openqa_from(retriever, base: str, index, **config) -> RealmForOpenQA:
-    """A RealmForOpenQA whose question tower is the trained retriever's and whose reader starts from `base`."""
-    model = init_from_bert(RealmForOpenQA, base, num_block_records=len(index), **{**QA_CONFIG, **config})
-    model.embedder.load_state_dict(retriever.query_embedder.state_dict())
-    with torch.no_grad():
-        model.block_emb.copy_(torch.from_numpy(index.get_embeddings(list(range(len(index))))))
-    model.index = index
-    return model
 
 
 def train_reader(model, tokenizer, items: list[dict], steps: int | None = None, batch_size: int | None = None

@@ -23,6 +23,7 @@ from modeling_realm.openqa.metrics import (
 from modeling_realm.openqa.model import RealmForOpenQA
 from modeling_realm.openqa.pipeline import OpenDomainQAPipeline, register_pipeline
 from modeling_realm.openqa.question_answering import RealmQuestionAnsweringPipeline, register_question_answering
+from modeling_realm.openqa.start import openqa_from_retriever
 
 __all__ = [
     "DEFAULT_KS",
@@ -41,6 +42,7 @@ __all__ = [
     "load_qa",
     "load_qa_file",
     "normalize_answer",
+    "openqa_from_retriever",
     "regex_match",
     "register_pipeline",
     "register_question_answering",

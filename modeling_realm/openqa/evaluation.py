@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from modeling_realm.models.pretrained import evaluation_mode
 from modeling_realm.openqa.answering import answer_batch, reader_blocks, tokenize_questions
-from modeling_realm.openqa.answers import exact_match, regex_match
+from modeling_realm.openqa.answers import exact_match, f1_score, regex_match
 from modeling_realm.openqa.metrics import DEFAULT_KS, gold_block_recall, retrieval_recall
 from modeling_realm.retrieval import check_index, check_mode
 
@@ -20,9 +20,9 @@ def evaluate_openqa(model, tokenizer, records: list[dict], match: str = "string"
     """Answer every record's question and score it, retrieving in `retrieval` mode ("dense", "lexical", "hybrid";
     None: the index's default).
 
-    Returns `(summary, predictions)`: summary has `count`, `exact_match` (percent), `answer_recall@k` and, when every
-    record names a gold document, `gold_recall@k`; predictions has one dict per record (question, answers,
-    prediction, score, evidence block and doc id, correct, top retrieved doc ids).
+    Returns `(summary, predictions)`: summary has `count`, `exact_match` and (string answers) `f1` in percent,
+    `answer_recall@k` and, when every record names a gold document, `gold_recall@k`; predictions has one dict per
+    record (question, answers, prediction, score, f1, evidence block and doc id, correct, top retrieved doc ids).
     """
     if not records:
         raise ValueError("No QA records to evaluate; check the QA file.")
@@ -41,6 +41,8 @@ def evaluate_openqa(model, tokenizer, records: list[dict], match: str = "string"
                 retrieved_docs.append([block["doc_id"] for block in blocks])
                 predictions.append(_prediction(record, best[0] if best else None, retrieved_docs[-1], match))
     summary = {"count": len(records), "exact_match": 100.0 * sum(p["correct"] for p in predictions) / len(records)}
+    if match == "string":
+        summary["f1"] = 100.0 * sum(p["f1"] for p in predictions) / len(records)
     recall = retrieval_recall(retrieved_texts, [r["answers"] for r in records], ks=ks, match=match,
                               tokenizer=None, progress=False)
     summary.update({f"answer_{name}": value for name, value in recall.items()})
@@ -60,6 +62,7 @@ def _prediction(record: dict, best: dict | None, doc_ids: list, match: str) -> d
     text = best["answer"] if best else ""
     correct = regex_match(text, record["answers"]) if match == "regex" else exact_match(text, record["answers"])
     row = {"question": record["question"], "answers": record["answers"], "prediction": text,
+           **({} if match == "regex" else {"f1": f1_score(text, record["answers"])}),
            "score": best["score"] if best else 0.0, "block_id": best["block_id"] if best else None,
            "doc_id": best["doc_id"] if best else None, "correct": bool(correct), "retrieved_doc_ids": doc_ids[:5]}
     for key in ("id", "gold_doc_id"):

@@ -216,3 +216,40 @@ def test_report_to_a_missing_tracker_fails_before_training(script, workdir, tmp_
     with pytest.raises(ValueError, match="no such tracker is installed"):
         script.main(cli(workdir, tmp_path / "out", "--report-to", "tensorboard"))
     assert not (tmp_path / "out" / "final").exists()
+
+
+@pytest.mark.parametrize("pooling", ["mean", None])
+def test_a_new_model_from_a_bert_starts_with_reading_comprehension(script, workdir, tmp_path, monkeypatch, recwarn,
+                                                                  pooling):
+    import datasets
+
+    from index_builder import build_index
+    from modeling_realm import load_retriever
+    from tests.modeling_realm.models.test_init_options import save_bert
+
+    # a sentence encoder (mean pooling) keeps its space (identity projection); a plain BERT gets a random 128-d one
+    save_bert(tmp_path / "bert", pooling=pooling)
+    cases = json.loads((FIXTURE / "openqa_cases.json").read_text())
+    tokenizer = RealmTokenizerFast.from_pretrained(tmp_path / "bert")
+    build_index(datasets.Dataset.from_dict({"title": [""] * len(cases["block_texts"]), "text": cases["block_texts"]}),
+                load_retriever(str(tmp_path / "bert")), tokenizer, tmp_path / "index", progress=False)
+    reads = []
+
+    def recording(*args, **kwargs):
+        reads.append(kwargs.get("read", "retrieved"))
+        return training_batch(*args, **kwargs)
+
+    monkeypatch.setattr(script, "training_batch", recording)
+    argv = cli(workdir, tmp_path / "out", "--max-train-steps", 3, "--comprehension-steps", 2, "--reader-beam-size", 2,
+               "--searcher-beam-size", 4, "--reader-seq-len", 48, "--num-blocks", 6)  # every answer found
+    argv[argv.index("--model") + 1], argv[argv.index("--index") + 1] = str(tmp_path / "bert"), str(tmp_path / "index")
+    metrics = script.main(argv)
+    assert metrics["completed_steps"] == 3 and reads == ["answer_block", "answer_block", "retrieved"]
+    index = BlockIndex.load_from_disk(tmp_path / "index")
+    model = RealmForOpenQA.from_pretrained(tmp_path / "out" / "final", index=index)
+    assert (model.config.reader_beam_size, model.config.searcher_beam_size, model.config.reader_seq_len) == (2, 4, 48)
+    expected = (32, "mean") if pooling else (128, "cls")
+    assert (model.config.retriever_proj_size, model.config.retriever_pooling) == expected
+    assert model.answer("what is the capital of france?")["doc_id"] is not None
+    # the question tower is the one whose block tower built the index (same seed as realm-build-index)
+    assert not [w for w in recwarn if "weights differ" in str(w.message)]

@@ -56,3 +56,28 @@ def test_training_batch_errors():
         training_batch(model, tokenizer, ["who?"], [[]])
     with pytest.raises(ValueError, match="Invalid answer regular expression"):
         training_batch(model, tokenizer, ["who?"], [["(unclosed"]], match="regex")
+
+
+def test_reading_comprehension_reads_each_questions_best_ranked_answer_block():
+    model, tokenizer, cases = fixture_model("google")
+    everything = len(cases["block_texts"])
+    questions = [c["question"] for c in cases["questions"]] + ["who wrote nothing at all?"]
+    answers = [c["answers"] for c in cases["questions"]] + [["no such answer anywhere"]]
+    retrieved = training_batch(model, tokenizer, questions, answers, num_blocks=everything)
+    batch = training_batch(model, tokenizer, questions, answers, num_blocks=everything, read="answer_block")
+    answered = [q for q in range(len(questions)) if retrieved["has_answers"][q].any()]
+    assert len(answered) < len(questions)  # the last question is left out
+    assert batch["reader_input_ids"].shape[:2] == (len(answered), 1)
+    assert torch.equal(batch["input_ids"], retrieved["input_ids"][answered])
+    for row, q in enumerate(answered):
+        first = int(retrieved["has_answers"][q].nonzero()[0])
+        ids = retrieved["block_ids"][q].tolist()
+        assert batch["block_ids"][row].tolist() == [ids[first]] + ids[:first] + ids[first + 1:]
+        torch.testing.assert_close(batch["block_embeddings"][row, 0], retrieved["block_embeddings"][q, first])
+        assert batch["has_answers"][row, 0] and (batch["start_positions"][row, 0] >= 0).any()
+    with torch.no_grad():
+        both = model(**retrieved).retriever_loss[answered], model(**batch).retriever_loss
+    torch.testing.assert_close(*both)  # the order of the retrieved blocks does not change the retriever loss
+    assert training_batch(model, tokenizer, questions[-1:], answers[-1:], read="answer_block") is None
+    with pytest.raises(ValueError, match="read must be one of"):
+        training_batch(model, tokenizer, questions, answers, read="gold")
