@@ -46,7 +46,7 @@ from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from index_builder import build_index, with_block_ids
 from modeling_realm import load_retriever, training
-from modeling_realm.models import demo_model_path
+from modeling_realm.models import demo_model_path, sentence_transformers_pooling
 from modeling_realm.openqa import DEFAULT_KS, gold_block_recall, load_qa_file
 from modeling_realm.pretraining import (
     DEFAULT_KEEP_PROB,
@@ -131,6 +131,12 @@ def load_model(args, accelerator):
     """(RealmRetriever with the towers --towers asks for, tokenizer); the main process downloads first."""
     with accelerator.main_process_first():
         model = load_retriever(args.model, seed=args.seed, projection=args.projection)
+        if sentence_transformers_pooling(args.model or demo_model_path()):
+            logger.warning("%s is a sentence encoder, already trained for retrieval: ICT measured no gain on it (SQuAD "
+                           "gold recall@5 of all-MiniLM-L6-v2 86.5 -> 85.7 after 130 steps of 32 at lr 2e-5; "
+                           "benchmarks/README.md section 5). ICT is the warm start for a BERT never trained for "
+                           "retrieval; a sentence encoder can go straight to finetune_openqa.py.",
+                           args.model or "the demo MiniLM")
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model or demo_model_path())
     if args.towers == "separate":
         model = with_separate_towers(model)

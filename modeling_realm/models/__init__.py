@@ -1,7 +1,7 @@
 """The REALM model classes (transformers 4.57.6's state dicts and outputs), their configuration, heads, span scoring,
 losses, and how they are created from a BERT checkpoint or loaded from whatever a user points at."""
 
-from modeling_realm.models.bert_init import init_from_bert, realm_config_from_bert
+from modeling_realm.models.bert_init import init_from_bert, realm_config_from_bert, sentence_transformers_pooling
 from modeling_realm.models.configuration import RealmConfig
 from modeling_realm.models.embedder import RealmEmbedder
 from modeling_realm.models.encoder import RealmKnowledgeAugEncoder
@@ -36,4 +36,5 @@ __all__ = [
     "init_from_bert",
     "load_retriever",
     "realm_config_from_bert",
+    "sentence_transformers_pooling",
 ]

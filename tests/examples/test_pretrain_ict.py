@@ -4,6 +4,7 @@ share their blocks as negatives, pre-split blocks and a shared tower work, bad i
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import subprocess
@@ -218,3 +219,16 @@ def test_bad_inputs_fail_with_clear_errors(script, workdir, tmp_path):
         with pytest.raises(SystemExit):
             script.main(cli(workdir, tmp_path / "out", *bad))
     assert not (tmp_path / "out" / "final").exists()
+
+
+def test_a_sentence_encoder_starts_at_full_width_with_a_warning(script, workdir, tmp_path, caplog):
+    from tests.modeling_realm.models.test_init_options import save_bert
+
+    save_bert(tmp_path / "sentence", pooling="mean")
+    argv = cli(workdir, tmp_path / "out", "--max-train-steps", 1, "--towers", "shared")
+    argv[argv.index("--model") + 1] = str(tmp_path / "sentence")
+    with caplog.at_level(logging.WARNING):
+        assert script.main(argv)["completed_steps"] == 1
+    assert "is a sentence encoder, already trained for retrieval: ICT measured no gain on it" in caplog.text
+    final = RealmRetriever.from_pretrained(tmp_path / "out" / "final")
+    assert (final.config.retriever_proj_size, final.config.retriever_pooling) == (32, "mean")  # identity, kept
