@@ -8,7 +8,8 @@ The 2,067 passages of ../shared/data/squad are the corpus. Questions are split b
 with an even id train, those about odd ids are held out (their passages are never seen with a question), and
 --eval-questions of them (shuffled, seed 0) are scored. Steps, each one command a user would run:
 1. `realm-build-index passages.jsonl --model RETRIEVER` (a BERT such as the default all-MiniLM-L6-v2 keeps
-   its own embedding space: mean pooling, identity projection);
+   its own embedding space: mean pooling, identity projection), and the gold-passage recall@k of that untrained
+   question tower on the held-out questions (`initial` in the summary);
 2. `examples/finetune_openqa.py --model RETRIEVER --index ... --train-file train.jsonl` with the script's
    defaults, except the budget given here (--max-train-steps) and --comprehension-steps;
 3. `evaluate_openqa` of the trained model on the held-out questions: exact match, F1, answer recall@k and
@@ -23,11 +24,13 @@ import random
 import time
 from pathlib import Path
 
+import torch
+
 from index_builder import BlockIndex
-from modeling_realm import RealmForOpenQA
+from modeling_realm import RealmForOpenQA, load_retriever
 from modeling_realm.apps import build_index
 from modeling_realm.models import demo_model_path
-from modeling_realm.openqa import evaluate_openqa, load_qa_file
+from modeling_realm.openqa import evaluate_openqa, gold_block_recall, load_qa_file
 from tokenization import RealmTokenizerFast
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +76,21 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+@torch.no_grad()
+def initial_recall(retriever: str, index, records: list[dict], ks=(1, 5, 20, 100)) -> dict:
+    """Gold-passage recall@k of the untrained question tower (the retriever realm-build-index embedded with)."""
+    model = load_retriever(retriever).eval()
+    tokenizer = RealmTokenizerFast.from_pretrained(retriever)
+    found = []
+    for start in range(0, len(records), 64):
+        batch = records[start:start + 64]
+        inputs = tokenizer([r["question"] for r in batch], padding=True, truncation=True,
+                           max_length=model.config.searcher_seq_len, return_tensors="pt")
+        _, block_ids = index.search(model.embed_queries(**inputs), k=min(max(ks), len(index)))
+        found += [[block["doc_id"] for block in row] for row in index.get_blocks(block_ids)]
+    return gold_block_recall(found, [r["gold_doc_id"] for r in records], ks=ks)
+
+
 def finetune_script():
     spec = importlib.util.spec_from_file_location("finetune_openqa", ROOT / "examples" / "finetune_openqa.py")
     module = importlib.util.module_from_spec(spec)
@@ -92,6 +110,8 @@ def main(argv=None) -> dict:
     build_index.main([str(output / "passages.jsonl"), "--model", retriever, "--doc-id-field", "id",
                       "--output", str(output / "index"), "--overwrite", "--quiet"])
     seconds["index"] = round(time.perf_counter() - started, 1)
+    held_out = load_qa_file(output / "held_out.jsonl")
+    summary["initial"] = initial_recall(retriever, BlockIndex.load_from_disk(output / "index"), held_out)
     started = time.perf_counter()
     finetune_script().main(["--model", retriever, "--index", str(output / "index"), "--train-file",
                             str(output / "train.jsonl"), "--output-dir", str(output / "finetuned"),
@@ -102,7 +122,6 @@ def main(argv=None) -> dict:
     index = BlockIndex.load_from_disk(output / "index")
     model = RealmForOpenQA.from_pretrained(output / "finetuned" / "final", index=index)
     tokenizer = RealmTokenizerFast.from_pretrained(output / "finetuned" / "final")
-    held_out = load_qa_file(output / "held_out.jsonl")
     results, predictions = evaluate_openqa(model, tokenizer, held_out, ks=(1, 5, 20, 100), progress=False)
     seconds["evaluate"] = round(time.perf_counter() - started, 1)
     summary.update(retriever=retriever, max_train_steps=args.max_train_steps,

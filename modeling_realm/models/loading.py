@@ -56,14 +56,18 @@ def retriever_from_bert(name_or_path: str, seed: int = 0, projection: str = "aut
         raise ValueError(f"projection={projection!r} is not one of ('auto', 'identity', 'random'){hint}.")
     if projection == "auto":
         projection = "identity" if sentence_transformers_pooling(name_or_path) else "random"
-    torch.manual_seed(seed)
-    if projection == "identity":
+    if projection == "random":
+        logger.warning("%s is a plain BERT: the retriever's %d-d projection is freshly initialised (seed %d) and "
+                       "untrained.", name_or_path, DEMO_PROJ_SIZE, seed)
+    else:
         logger.info("%s is a sentence encoder: the retriever keeps its embeddings (identity projection).",
                     name_or_path)
-        return init_from_bert(RealmRetriever, name_or_path, projection="identity")
-    logger.warning("%s is a plain BERT: the retriever's %d-d projection is freshly initialised (seed %d) and "
-                   "untrained.", name_or_path, DEMO_PROJ_SIZE, seed)
-    return init_from_bert(RealmRetriever, name_or_path, retriever_proj_size=DEMO_PROJ_SIZE)
+    sizes = {} if projection == "identity" else {"retriever_proj_size": DEMO_PROJ_SIZE}
+    # Seeded without touching the caller's random state: a training script seeds its own run (reader heads, data
+    # order) before loading, and the same retriever must come out whatever that seed is.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return init_from_bert(RealmRetriever, name_or_path, projection=projection, **sizes)
 
 
 def demo_model_path() -> str:

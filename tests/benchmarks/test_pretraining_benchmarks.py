@@ -131,8 +131,9 @@ def test_squad_openqa_quick_runs_the_scripts_and_scores_held_out_passages(tmp_pa
     assert set(summary["seconds"]) == {"index", "finetune", "evaluate"}
     held_out = summary["held_out"]
     assert held_out["count"] == 20 and 0 <= held_out["exact_match"] <= held_out["f1"] <= 100
-    values = [held_out[f"gold_recall@{k}"] for k in (1, 5, 20)]
-    assert all(0 <= v <= 100 for v in values) and values == sorted(values)
+    for values in ([held_out[f"gold_recall@{k}"] for k in (1, 5, 20)],
+                   [summary["initial"][f"recall@{k}"] for k in (1, 5, 20)]):
+        assert all(0 <= v <= 100 for v in values) and values == sorted(values)
     # split by passage: no held-out question is about a passage a training question is about
     passages = {name: {json.loads(line)["passage_id"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()}
                 for name in ("train", "held_out")}

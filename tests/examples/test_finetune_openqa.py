@@ -253,3 +253,24 @@ def test_a_new_model_from_a_bert_starts_with_reading_comprehension(script, workd
     assert model.answer("what is the capital of france?")["doc_id"] is not None
     # the question tower is the one whose block tower built the index (same seed as realm-build-index)
     assert not [w for w in recwarn if "weights differ" in str(w.message)]
+
+
+def test_a_comprehension_batch_without_answers_still_trains_every_process(script, workdir):
+    from types import SimpleNamespace
+
+    model, tokenizer = load(workdir / "model", workdir)
+    run = SimpleNamespace(args=SimpleNamespace(comprehension_steps=5, match="string", num_blocks=6),  # all blocks
+                          state={"completed_steps": 0}, tokenizer=tokenizer)
+    answered = script.reading_batch(run, model, {"questions": ["what is the capital of france?"],
+                                                 "answers": [["paris"]]})
+    assert answered["reader_input_ids"].shape[1] == 1  # reading comprehension: one block
+    # No block holds the answer: ORQA's batch (a forward and backward pass, a zero loss) instead of none at all,
+    # so that under DDP no process skips a step the others take.
+    unanswered = script.reading_batch(run, model, {"questions": ["what is the capital of france?"],
+                                                   "answers": [["london paris seine"]]})
+    assert unanswered["reader_input_ids"].shape[1] == model.config.reader_beam_size > 1
+    assert not unanswered["has_answers"].any()
+    run.state["completed_steps"] = 5  # past the comprehension steps: ORQA's reading
+    assert script.reading_batch(run, model, {"questions": ["what is the capital of france?"],
+                                             "answers": [["paris"]]})["reader_input_ids"].shape[1] == \
+        model.config.reader_beam_size

@@ -249,8 +249,12 @@ def test_load_retriever_keeps_a_sentence_encoders_space_and_gives_other_berts_re
         plain = load_retriever(str(tmp_path / "plain"), seed=3)
     assert "projection is freshly initialised (seed 3)" in warnings_of(caplog)
     assert plain.config.retriever_pooling == "cls" and plain.config.retriever_proj_size == 128
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
     again = load_retriever(str(tmp_path / "plain"), seed=3)
     assert torch.equal(again.embedder.cls.dense.weight, plain.embedder.cls.dense.weight)  # seeded
+    assert torch.equal(torch.rand(3), expected)  # the caller's random state is left as it was
     chosen = load_retriever(str(tmp_path / "sentence"), projection="random")
     assert chosen.config.retriever_proj_size == 128
     with pytest.raises(ValueError, match="needs a corpus sample: use init_from_bert with blocks="):

@@ -15,12 +15,17 @@ TEXTS = ["alan turing was a british mathematician", "paris is the capital of fra
          "the seine flows through paris", "london is the capital of england"]
 
 
+def index_of(retriever, tokenizer, directory):
+    blocks = datasets.Dataset.from_dict({"title": [""] * len(TEXTS), "text": TEXTS})
+    return build_index(blocks, retriever, tokenizer, directory, progress=False)
+
+
 def test_the_question_tower_is_the_retrievers_and_the_reader_the_berts(tmp_path):
     bert = save_bert(tmp_path / "bert")
     torch.manual_seed(0)
     retriever = RealmRetriever(tiny_config(separate_query_embedder=True)).eval()
     tokenizer = RealmTokenizerFast(vocab_file=str(VOCAB))
-    index = build_index(datasets.Dataset.from_dict({"title": [""] * 4, "text": TEXTS}), retriever, tokenizer, tmp_path / "index", progress=False)
+    index = index_of(retriever, tokenizer, tmp_path / "index")
     model = openqa_from_retriever(retriever, index, str(tmp_path / "bert"), reader_beam_size=2, searcher_beam_size=3)
     assert model.index is index and (model.config.reader_beam_size, model.config.searcher_beam_size) == (2, 3)
     for name, value in retriever.query_embedder.state_dict().items():
@@ -37,7 +42,7 @@ def test_a_reader_of_another_size_or_an_index_of_another_dimension_is_refused(tm
     torch.manual_seed(0)
     retriever = RealmRetriever(tiny_config()).eval()
     tokenizer = RealmTokenizerFast(vocab_file=str(VOCAB))
-    index = build_index(datasets.Dataset.from_dict({"title": [""] * 4, "text": TEXTS}), retriever, tokenizer, tmp_path / "index", progress=False)
+    index = index_of(retriever, tokenizer, tmp_path / "index")
     wide = RealmRetriever(tiny_config(hidden_size=48, num_attention_heads=4)).eval()
     with pytest.warns(UserWarning, match="weights differ"), \
             pytest.raises(ValueError, match="has hidden size 32 but the retriever's question tower 48"):
