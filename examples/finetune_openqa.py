@@ -121,32 +121,29 @@ def check_args(parser, args):
 
 # ------------------------------------------------------------------------------------------------------ setup
 def load_model(args, accelerator):
-    """(model with the index attached, tokenizer); the main process downloads first when ids are Hub ids."""
+    """(model with the index attached, tokenizer, whether the model is new); the main process downloads first when
+    ids are Hub ids. A new model is built from a BERT or retriever (`new_openqa_model`)."""
     with accelerator.main_process_first():
         index = BlockIndex.from_pretrained(args.index)
         model_path = args.model or demo_model_path()
         tokenizer = RealmTokenizerFast.from_pretrained(args.tokenizer or model_path)
-        if is_openqa_checkpoint(model_path):
-            model = RealmForOpenQA.from_pretrained(model_path, index=index, tokenizer=tokenizer)
-        else:
-            model = new_openqa_model(args, model_path, index)
+        config = AutoConfig.from_pretrained(model_path)
+        new_model = not (config.model_type == "realm" and "RealmForOpenQA" in (config.architectures or []))
+        if new_model:
+            model = new_openqa_model(args, model_path, config.model_type, index)
             model.tokenizer = tokenizer
+        else:
+            model = RealmForOpenQA.from_pretrained(model_path, index=index, tokenizer=tokenizer)
     logger.info("Model %s, index %r", model_path, index)
-    return model, tokenizer
+    return model, tokenizer, new_model
 
 
-def is_openqa_checkpoint(path: str) -> bool:
-    config = AutoConfig.from_pretrained(path)
-    return config.model_type == "realm" and "RealmForOpenQA" in (getattr(config, "architectures", None) or [])
-
-
-def new_openqa_model(args, model_path: str, index) -> RealmForOpenQA:
+def new_openqa_model(args, model_path: str, model_type: str, index) -> RealmForOpenQA:
     """ORQA's start: the question tower of the retriever at `model_path`, a reader from a BERT."""
     # load_retriever's default seed, as realm-build-index used: the same (random parts of the) towers that built
     # the index, which check_compatible confirms through the block tower's fingerprint
     retriever = load_retriever(model_path, projection=args.projection)
-    reader = args.reader_model or (model_path if AutoConfig.from_pretrained(model_path).model_type == "bert"
-                                   else demo_model_path())
+    reader = args.reader_model or (model_path if model_type == "bert" else demo_model_path())
     return openqa_from_retriever(retriever, index, reader, reader_beam_size=args.reader_beam_size,
                                  searcher_beam_size=args.searcher_beam_size, reader_seq_len=args.reader_seq_len)
 
@@ -328,10 +325,10 @@ def setup(args) -> Run:
     train = load_qa(args.train_file, args.question_field, args.answer_field, args.match)[:args.max_train_samples]
     dev = load_qa(args.dev_file, args.question_field, args.answer_field, args.match)[:args.max_eval_samples] \
         if args.dev_file else []
-    model, tokenizer = load_model(args, accelerator)
+    model, tokenizer, new_model = load_model(args, accelerator)
     model.train()
     per_epoch, total_steps, epochs = plan_steps(args, len(train), accelerator.num_processes)
-    fill_defaults(args, new_model=not is_openqa_checkpoint(args.model or demo_model_path()), per_epoch=per_epoch)
+    fill_defaults(args, new_model=new_model, per_epoch=per_epoch)
     optimizer = make_optimizer(model, args)
     # A prepared scheduler steps once per process per optimizer step, hence the factor.
     scheduler = get_linear_schedule_with_warmup(
