@@ -1,6 +1,7 @@
 """Open-domain QA on the SQuAD v1.1 dev passages with the package's own commands and their defaults, on CPU.
 
-    python benchmarks/squad_openqa.py --output-dir /tmp/squad-openqa              # the README's row (~25 min)
+    python benchmarks/squad_openqa.py --output-dir /tmp/squad-openqa              # the README's rows (~45 min)
+    python benchmarks/squad_openqa.py --output-dir /tmp/squad-openqa --retriever-steps 0   # ORQA only (~25 min)
     python benchmarks/squad_openqa.py --output-dir /tmp/squad-openqa --quick      # smoke test: 40 passages
     python benchmarks/squad_openqa.py --output-dir /tmp/sq-ict --retriever /tmp/ict/final   # from an ICT retriever
 
@@ -10,9 +11,13 @@ with an even id train, those about odd ids are held out (their passages are neve
 1. `realm-build-index passages.jsonl --model RETRIEVER` (a BERT such as the default all-MiniLM-L6-v2 keeps
    its own embedding space: mean pooling, identity projection), and the gold-passage recall@k of that untrained
    question tower on the held-out questions (`initial` in the summary);
-2. `examples/finetune_openqa.py --model RETRIEVER --index ... --train-file train.jsonl` with the script's
+2. unless --retriever-steps is 0: `examples/pretrain_ict.py --qa-file train.jsonl --index ...` (both towers trained
+   on the training questions with their gold passages and hard negatives, the script's defaults but the budget),
+   then `realm-build-index --model <its final retriever>` anew, and the held-out recall of the trained retriever
+   (`retriever` in the summary); the next steps start from it;
+3. `examples/finetune_openqa.py --model RETRIEVER --index ... --train-file train.jsonl` with the script's
    defaults, except the budget given here (--max-train-steps) and --comprehension-steps;
-3. `evaluate_openqa` of the trained model on the held-out questions: exact match, F1, answer recall@k and
+4. `evaluate_openqa` of the trained model on the held-out questions: exact match, F1, answer recall@k and
    gold-passage recall@k of the dense retriever.
 Prints one JSON summary (with seconds per step) and writes it, the split files and the predictions to --output-dir.
 """
@@ -43,6 +48,8 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--data-dir", default=str(SQUAD))
     parser.add_argument("--retriever", default=None, help="BERT or RealmRetriever to start from (default: demo MiniLM)")
+    parser.add_argument("--retriever-steps", type=int, default=150,
+                        help="steps of supervised retriever training before fine-tuning (0: none)")
     parser.add_argument("--max-train-steps", type=int, default=330, help="optimizer steps of fine-tuning")
     parser.add_argument("--comprehension-steps", type=int, default=330, help="of which reading comprehension")
     parser.add_argument("--eval-questions", type=int, default=1000)
@@ -51,6 +58,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.max_train_steps, args.comprehension_steps, args.eval_questions = 2, 1, 20
+        args.retriever_steps = min(args.retriever_steps, 2)
     return args
 
 
@@ -77,8 +85,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 @torch.no_grad()
-def initial_recall(retriever: str, index, records: list[dict], ks=(1, 5, 20, 100)) -> dict:
-    """Gold-passage recall@k of the untrained question tower (the retriever realm-build-index embedded with)."""
+def dense_recall(retriever: str, index, records: list[dict], ks=(1, 5, 20, 100)) -> dict:
+    """Gold-passage recall@k of a retriever's question tower against the index its block tower built."""
     model = load_retriever(retriever).eval()
     tokenizer = RealmTokenizerFast.from_pretrained(retriever)
     found = []
@@ -91,11 +99,28 @@ def initial_recall(retriever: str, index, records: list[dict], ks=(1, 5, 20, 100
     return gold_block_recall(found, [r["gold_doc_id"] for r in records], ks=ks)
 
 
-def finetune_script():
-    spec = importlib.util.spec_from_file_location("finetune_openqa", ROOT / "examples" / "finetune_openqa.py")
+def example_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def build(output: Path, retriever: str, name: str) -> float:
+    """`realm-build-index passages.jsonl --model retriever` into output/name; returns the seconds it took."""
+    started = time.perf_counter()
+    build_index.main([str(output / "passages.jsonl"), "--model", retriever, "--doc-id-field", "id",
+                      "--output", str(output / name), "--overwrite", "--quiet"])
+    return round(time.perf_counter() - started, 1)
+
+
+def train_retriever(args, output: Path, retriever: str) -> tuple[str, float]:
+    """pretrain_ict.py --qa-file over the training questions; returns (the trained retriever, seconds)."""
+    started = time.perf_counter()
+    example_script("pretrain_ict").main(["--model", retriever, "--qa-file", str(output / "train.jsonl"), "--index",
+                                         str(output / "index"), "--output-dir", str(output / "retriever"),
+                                         "--max-train-steps", str(args.retriever_steps), "--seed", str(args.seed)])
+    return str(output / "retriever" / "final"), round(time.perf_counter() - started, 1)
 
 
 def main(argv=None) -> dict:
@@ -106,25 +131,27 @@ def main(argv=None) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     retriever = args.retriever or demo_model_path()
     summary, seconds = write_split(data, output, args.eval_questions, args.quick), {}
-    started = time.perf_counter()
-    build_index.main([str(output / "passages.jsonl"), "--model", retriever, "--doc-id-field", "id",
-                      "--output", str(output / "index"), "--overwrite", "--quiet"])
-    seconds["index"] = round(time.perf_counter() - started, 1)
+    seconds["index"] = build(output, retriever, "index")
     held_out = load_qa_file(output / "held_out.jsonl")
-    summary["initial"] = initial_recall(retriever, BlockIndex.load_from_disk(output / "index"), held_out)
+    summary["initial"] = dense_recall(retriever, BlockIndex.load_from_disk(output / "index"), held_out)
+    index = "index"
+    if args.retriever_steps:
+        retriever, seconds["retriever"] = train_retriever(args, output, retriever)
+        seconds["retriever_index"], index = build(output, retriever, "retriever_index"), "retriever_index"
+        summary["retriever"] = dense_recall(retriever, BlockIndex.load_from_disk(output / index), held_out)
     started = time.perf_counter()
-    finetune_script().main(["--model", retriever, "--index", str(output / "index"), "--train-file",
-                            str(output / "train.jsonl"), "--output-dir", str(output / "finetuned"),
-                            "--max-train-steps", str(args.max_train_steps), "--comprehension-steps",
-                            str(args.comprehension_steps), "--seed", str(args.seed)])
+    example_script("finetune_openqa").main(["--model", retriever, "--index", str(output / index), "--train-file",
+                                            str(output / "train.jsonl"), "--output-dir", str(output / "finetuned"),
+                                            "--max-train-steps", str(args.max_train_steps), "--comprehension-steps",
+                                            str(args.comprehension_steps), "--seed", str(args.seed)])
     seconds["finetune"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
-    index = BlockIndex.load_from_disk(output / "index")
+    index = BlockIndex.load_from_disk(output / index)
     model = RealmForOpenQA.from_pretrained(output / "finetuned" / "final", index=index)
     tokenizer = RealmTokenizerFast.from_pretrained(output / "finetuned" / "final")
     results, predictions = evaluate_openqa(model, tokenizer, held_out, ks=(1, 5, 20, 100), progress=False)
     seconds["evaluate"] = round(time.perf_counter() - started, 1)
-    summary.update(retriever=retriever, max_train_steps=args.max_train_steps,
+    summary.update(retriever_model=retriever, retriever_steps=args.retriever_steps, max_train_steps=args.max_train_steps,
                    comprehension_steps=args.comprehension_steps, seed=args.seed, held_out=results, seconds=seconds)
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_jsonl(output / "predictions.jsonl", predictions)

@@ -90,6 +90,9 @@ def parse_args(argv=None):
     train.add_argument("--learning-rate", type=float, default=None,
                        help="default: 1e-4 for a new model (measured with all-MiniLM-L6-v2 on SQuAD), 1e-5 (ORQA's) "
                             "to fine-tune a RealmForOpenQA")
+    train.add_argument("--question-tower-learning-rate", type=float, default=None,
+                       help="learning rate of the question tower (the retriever's query side; default: "
+                            "--learning-rate); 0 freezes it")
     train.add_argument("--num-train-epochs", type=int, default=2)
     train.add_argument("--max-train-steps", type=int, default=None, help="optimizer steps; overrides the epochs")
     train.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warmup over this share of steps")
@@ -114,6 +117,8 @@ def check_args(parser, args):
         parser.error(f"--comprehension-steps must be >= 0, got {args.comprehension_steps}.")
     if args.learning_rate is not None and not args.learning_rate > 0:
         parser.error(f"--learning-rate must be > 0, got {args.learning_rate}.")
+    if args.question_tower_learning_rate is not None and not args.question_tower_learning_rate >= 0:
+        parser.error(f"--question-tower-learning-rate must be >= 0, got {args.question_tower_learning_rate}.")
     steps = args.checkpointing_steps
     if steps is not None and steps != "epoch" and not (steps.isdigit() and int(steps) > 0):
         parser.error(f"--checkpointing-steps must be a positive integer or 'epoch', got {steps!r}.")
@@ -160,11 +165,16 @@ def fill_defaults(args, new_model: bool, per_epoch: int) -> None:
 
 
 def make_optimizer(model, args):
-    """AdamW; biases and normalisation weights (1-d parameters) get no weight decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate)
+    """AdamW; biases and normalisation weights (1-d parameters) get no weight decay; the question tower learns at
+    --question-tower-learning-rate when given (0: frozen, its weights never change)."""
+    tower = {id(p) for p in model.embedder.parameters()}
+    tower_lr = args.learning_rate if args.question_tower_learning_rate is None else args.question_tower_learning_rate
+    groups = []
+    for in_tower, lr in ((False, args.learning_rate), (True, tower_lr)):
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in tower) == in_tower]
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay, "lr": lr},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    return torch.optim.AdamW([group for group in groups if group["params"]], lr=args.learning_rate)
 
 
 def plan_steps(args, num_examples: int, num_processes: int) -> tuple[int, int, int]:

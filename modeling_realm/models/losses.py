@@ -118,11 +118,12 @@ class InBatchLoss:
 
 
 def in_batch_loss(query_embeddings: torch.Tensor, block_embeddings: torch.Tensor) -> InBatchLoss:
-    """ICT loss with in-batch negatives: query `i` `[b, d]` belongs with block `i` `[b, d]` of this process, and is
-    scored against the blocks of every process (gathered with `gather_with_grad` when torch.distributed is set up)."""
-    if query_embeddings.shape[0] != block_embeddings.shape[0]:
-        raise ValueError(f"Got {query_embeddings.shape[0]} queries for {block_embeddings.shape[0]} blocks; ICT pairs "
-                         "query i with block i.")
+    """ICT loss with in-batch negatives: query `i` `[b, d]` belongs with block `i` of this process's blocks
+    `[n >= b, d]` (rows after the first b are extra negatives, e.g. hard negatives), and is scored against the blocks
+    of every process (gathered with `gather_with_grad` when torch.distributed is set up)."""
+    if block_embeddings.shape[0] < query_embeddings.shape[0]:
+        raise ValueError(f"Got {query_embeddings.shape[0]} queries for {block_embeddings.shape[0]} blocks; query i "
+                         "pairs with block i, so pass at least one block per query (extra blocks are negatives).")
     # [B, d], and where this process's blocks start in it
     candidates, offset = gather_with_grad(block_embeddings)
     labels = torch.arange(offset, offset + query_embeddings.shape[0], device=query_embeddings.device)

@@ -23,14 +23,17 @@ from modeling_realm.openqa.metrics import (
 from modeling_realm.openqa.model import RealmForOpenQA
 from modeling_realm.openqa.pipeline import OpenDomainQAPipeline, register_pipeline
 from modeling_realm.openqa.question_answering import RealmQuestionAnsweringPipeline, register_question_answering
+from modeling_realm.openqa.retriever_pairs import DEFAULT_MINING_BLOCKS, RetrieverPairCollator, mine_retriever_pairs
 from modeling_realm.openqa.start import openqa_from_retriever
 
 __all__ = [
     "DEFAULT_KS",
+    "DEFAULT_MINING_BLOCKS",
     "OPEN_QA_METRIC_PATH",
     "OpenDomainQAPipeline",
     "RealmForOpenQA",
     "RealmQuestionAnsweringPipeline",
+    "RetrieverPairCollator",
     "collate_qa",
     "compile_answer_pattern",
     "evaluate_openqa",
@@ -41,6 +44,7 @@ __all__ = [
     "has_answer",
     "load_qa",
     "load_qa_file",
+    "mine_retriever_pairs",
     "normalize_answer",
     "openqa_from_retriever",
     "regex_match",

@@ -50,7 +50,7 @@ def training_batch(model, tokenizer, questions: list[str], answers: list[list[st
         found = reader_blocks(model, model.embed_questions(**inputs), k)
     texts = [[block["text"] for block in row] for row in found.blocks]
     # [batch, k]
-    has_answers = torch.stack([_blocks_with_answer(tokenizer, texts[b], answers[b], match) for b in
+    has_answers = torch.stack([blocks_with_answer(tokenizer, texts[b], answers[b], match) for b in
                                range(len(questions))])
     rows = min(config.reader_beam_size, k)
     if read == "answer_block":
@@ -113,7 +113,7 @@ def _token_spans_of(text: str, offsets, patterns: list[str]) -> list[tuple[int, 
     return spans
 
 
-def _blocks_with_answer(tokenizer, texts: list[str], answers: list[str], match: str) -> torch.Tensor:
+def blocks_with_answer(tokenizer, texts: list[str], answers: list[str], match: str) -> torch.Tensor:
     """`[k]` bool: does each whole block text hold an answer."""
     if match == "regex":
         return torch.tensor([any(compile_answer_pattern(p).search(text) for p in answers) for text in texts])

@@ -128,11 +128,13 @@ def test_squad_openqa_quick_runs_the_scripts_and_scores_held_out_passages(tmp_pa
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert summary["passages"] == 40 and summary["held_out_questions"] == 20
-    assert set(summary["seconds"]) == {"index", "finetune", "evaluate"}
+    assert set(summary["seconds"]) == {"index", "retriever", "retriever_index", "finetune", "evaluate"}
+    assert summary["retriever_model"] == str(tmp_path / "retriever" / "final")  # fine-tuning started from it
     held_out = summary["held_out"]
     assert held_out["count"] == 20 and 0 <= held_out["exact_match"] <= held_out["f1"] <= 100
     for values in ([held_out[f"gold_recall@{k}"] for k in (1, 5, 20)],
-                   [summary["initial"][f"recall@{k}"] for k in (1, 5, 20)]):
+                   [summary["initial"][f"recall@{k}"] for k in (1, 5, 20)],
+                   [summary["retriever"][f"recall@{k}"] for k in (1, 5, 20)]):
         assert all(0 <= v <= 100 for v in values) and values == sorted(values)
     # split by passage: no held-out question is about a passage a training question is about
     passages = {name: {json.loads(line)["passage_id"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()}

@@ -274,3 +274,17 @@ def test_a_comprehension_batch_without_answers_still_trains_every_process(script
     assert script.reading_batch(run, model, {"questions": ["what is the capital of france?"],
                                              "answers": [["paris"]]})["reader_input_ids"].shape[1] == \
         model.config.reader_beam_size
+
+
+def test_the_question_tower_learns_at_its_own_rate(script, workdir, tmp_path):
+    script.main(cli(workdir, tmp_path / "frozen", "--max-train-steps", 2, "--question-tower-learning-rate", 0))
+    script.main(cli(workdir, tmp_path / "slow", "--max-train-steps", 2, "--question-tower-learning-rate", 1e-5))
+    initial = weights(workdir / "model")
+    frozen, slow = weights(tmp_path / "frozen" / "final"), weights(tmp_path / "slow" / "final")
+    tower = [name for name in initial if name.startswith("embedder.") and ".cls.predictions." not in name]
+    assert tower and all(torch.equal(frozen[name], initial[name]) for name in tower)
+    assert any(not torch.equal(frozen[name], initial[name]) for name in initial if name.startswith("reader."))
+    moved = {name: (slow[name] - initial[name]).abs().max().item() for name in tower}
+    assert 0 < max(moved.values()) < 1e-3  # two steps of Adam at 1e-5 move a weight by at most ~2e-5
+    with pytest.raises(SystemExit):
+        script.main(cli(workdir, tmp_path / "bad", "--question-tower-learning-rate", -1))

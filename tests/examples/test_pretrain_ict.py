@@ -232,3 +232,104 @@ def test_a_sentence_encoder_starts_at_full_width_with_a_warning(script, workdir,
     assert "is a sentence encoder, already trained for retrieval: ICT measured no gain on it" in caplog.text
     final = RealmRetriever.from_pretrained(tmp_path / "out" / "final")
     assert (final.config.retriever_proj_size, final.config.retriever_pooling) == (32, "mean")  # identity, kept
+
+
+def qa_cli(root: Path, index: Path, output_dir: Path, *extra) -> list[str]:
+    return ["--model", str(root / "model"), "--qa-file", str(root / "qa.jsonl"), "--index", str(index),
+            "--output-dir", str(output_dir), "--per-device-train-batch-size", "8", "--query-max-length", "32",
+            "--block-max-length", "128", "--learning-rate", "3e-3", "--mining-blocks", "5", "--seed", "0",
+            *[str(x) for x in extra]]
+
+
+@pytest.fixture(scope="module")
+def workdir_index(workdir, tmp_path_factory):
+    """A Flat index of the biographies built with the untrained tiny model's block tower."""
+    from modeling_realm.apps import build_index
+
+    directory = tmp_path_factory.mktemp("qa_index") / "index"
+    build_index.main([str(workdir / "corpus.jsonl"), "--model", str(workdir / "model"), "--output", str(directory),
+                      "--quiet"])
+    return directory
+
+
+def pair_loss(directory: Path, root: Path, index: BlockIndex, pairs: list[dict]) -> float:
+    """The supervised loss of the model in `directory` on fixed pairs (positives and hard negatives)."""
+    from modeling_realm.openqa import RetrieverPairCollator
+
+    model = RealmRetriever.from_pretrained(directory).eval()
+    batch = RetrieverPairCollator(RealmTokenizerFast.from_pretrained(root / "model"), index, 32, 128)(pairs)
+    with torch.no_grad():
+        out = model(**batch, return_dict=True)
+        return in_batch_loss(out.query_embeddings, out.block_embeddings).loss.item()
+
+
+def test_qa_pairs_train_one_shared_tower_on_real_questions(script, workdir, workdir_index, tmp_path):
+    from modeling_realm.openqa import load_qa_file, mine_retriever_pairs
+
+    metrics = script.main(qa_cli(workdir, workdir_index, tmp_path, "--max-train-steps", 40, "--num-train-epochs", 20,
+                                 "--logging-steps", 10, "--eval-file", workdir / "qa.jsonl", "--eval-at-start",
+                                 "--eval-k", "1,5"))
+    index = BlockIndex.load_from_disk(workdir_index)
+    initial = RealmRetriever.from_pretrained(workdir / "model")
+    tokenizer = RealmTokenizerFast.from_pretrained(workdir / "model")
+    records = load_qa_file(workdir / "qa.jsonl")
+    pairs, stats = mine_retriever_pairs(initial, tokenizer, index, records, num_blocks=5, progress=False)
+    assert metrics["num_pairs"] == stats["pairs"] == len(pairs) and 8 <= len(pairs) <= len(records)
+    assert metrics["completed_steps"] == 40
+    assert 8 < metrics["num_candidates"] <= 16  # 8 positives and up to 8 hard negatives per query
+    before, after = pair_loss(workdir / "model", workdir, index, pairs), pair_loss(tmp_path / "final", workdir,
+                                                                                   index, pairs)
+    assert after < before - 0.3, (before, after)
+    final = RealmRetriever.from_pretrained(tmp_path / "final")
+    assert not final.config.separate_query_embedder  # the --qa-file default: one shared tower
+    assert BlockIndex.load_from_disk(tmp_path / "index").check_compatible(final, warn=False)
+    assert metrics["eval"]["final"]["recall@5"] >= metrics["eval"]["initial"]["recall@5"]
+
+
+def test_each_mode_has_its_own_defaults(script, workdir, workdir_index, tmp_path):
+    qa = script.parse_args(["--qa-file", "qa.jsonl", "--index", "index", "--output-dir", "out"])
+    assert (qa.towers, qa.per_device_train_batch_size, qa.learning_rate, qa.num_train_epochs) == ("shared", 16, 5e-5, 1)
+    ict = script.parse_args(["--corpus", "corpus.jsonl", "--output-dir", "out"])
+    assert (ict.towers, ict.per_device_train_batch_size, ict.learning_rate, ict.num_train_epochs) == \
+        ("separate", 32, 1e-4, None)
+    chosen = script.parse_args(["--qa-file", "qa.jsonl", "--index", "index", "--output-dir", "out", "--towers",
+                                "separate", "--learning-rate", "1e-5"])
+    assert (chosen.towers, chosen.learning_rate) == ("separate", 1e-5)
+
+
+def test_qa_pairs_bad_inputs_fail_with_clear_errors(script, workdir, workdir_index, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--qa-file", str(workdir / "qa.jsonl"), "--output-dir", str(tmp_path / "out")])
+    assert "--qa-file needs --index" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(cli(workdir, tmp_path / "out", "--index", workdir_index))
+    assert "--index is used with --qa-file only" in capsys.readouterr().err
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text(json.dumps({"question": "who was born in paris?", "answer": ["nobody"],
+                                     "passage_id": "no-such-passage"}) + "\n")
+    with pytest.raises(ValueError, match="No question of .* has a positive block"):
+        script.main(qa_cli(workdir, workdir_index, tmp_path / "out", "--max-train-steps", 1)[:2] +
+                    ["--qa-file", str(elsewhere)] + qa_cli(workdir, workdir_index, tmp_path / "out")[4:])
+    reset_accelerate()
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    RealmRetriever(RealmRetriever.from_pretrained(workdir / "model").config).save_pretrained(other)
+    argv = qa_cli(workdir, workdir_index, tmp_path / "stale", "--max-train-steps", 1, "--tokenizer", workdir / "model")
+    argv[1] = str(other)
+    with pytest.warns(UserWarning, match="stale embeddings"):
+        script.main(argv)
+    assert not (tmp_path / "out" / "final").exists()
+
+
+def test_qa_pairs_from_a_bert_mine_with_the_towers_that_built_its_index(script, workdir, tmp_path, recwarn):
+    from modeling_realm.apps import build_index
+    from tests.modeling_realm.models.test_init_options import save_bert
+
+    save_bert(tmp_path / "bert", pooling="cls")  # a plain BERT: its fresh projection and MLM head depend on a seed
+    build_index.main([str(workdir / "corpus.jsonl"), "--model", str(tmp_path / "bert"), "--output",
+                      str(tmp_path / "index"), "--quiet"])
+    argv = qa_cli(workdir, tmp_path / "index", tmp_path / "out", "--max-train-steps", 1, "--seed", 7,
+                  "--mining-blocks", 40)
+    argv[1] = str(tmp_path / "bert")
+    assert script.main(argv)["completed_steps"] == 1
+    assert not [w for w in recwarn if "stale embeddings" in str(w.message)]  # the run's seed did not change them

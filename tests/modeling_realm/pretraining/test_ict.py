@@ -146,7 +146,7 @@ def test_in_batch_loss_single_process_and_gradients_reach_both_towers(tokenizer,
     assert not missing, missing
     assert model.query_embedder.cls.dense.weight.grad.abs().sum() > 0
     assert model.embedder.cls.dense.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="pairs query i with block i"):
+    with pytest.raises(ValueError, match="at least one block per query"):
         in_batch_loss(out.query_embeddings, out.block_embeddings[:2])
 
 
@@ -175,10 +175,11 @@ from modeling_realm.models.losses import in_batch_loss
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)
-queries, blocks = torch.randn(5, 4), torch.randn(5, 4)
+queries, blocks, negatives = torch.randn(5, 4), torch.randn(5, 4), torch.randn(3, 4)
 start, stop = [(0, 3), (3, 5)][rank]  # uneven shares: 3 and 2 pairs
+first, last = [(0, 2), (2, 3)][rank]  # and 2 and 1 extra (hard negative) blocks
 local_queries = queries[start:stop].clone().requires_grad_()
-local_blocks = blocks[start:stop].clone().requires_grad_()
+local_blocks = torch.cat([blocks[start:stop], negatives[first:last]]).clone().requires_grad_()
 result = in_batch_loss(local_queries, local_blocks)
 result.loss.backward()
 save_file({"queries": local_queries.grad, "blocks": local_blocks.grad, "loss": result.loss.detach().reshape(1),
@@ -196,15 +197,18 @@ def test_gather_with_grad_across_two_processes_matches_one_process(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-4000:]
     torch.manual_seed(0)
-    queries = torch.randn(5, 4).requires_grad_()
-    blocks = torch.randn(5, 4).requires_grad_()
-    # Each process's loss is the mean over its own queries against all 5 blocks; data-parallel training sums the
+    queries, blocks, negatives = torch.randn(5, 4), torch.randn(5, 4), torch.randn(3, 4)
+    # The gathered candidates in rank order: rank 0's 3 blocks and 2 negatives, then rank 1's 2 blocks and 1.
+    candidates = torch.cat([blocks[:3], negatives[:2], blocks[3:], negatives[2:]]).requires_grad_()
+    queries.requires_grad_()
+    # Each process's loss is the mean over its own queries against all 8 candidates; data-parallel training sums the
     # gradients of both losses (then averages over processes), so that sum is the reference.
-    losses = [ict_loss(queries[a:b], blocks, torch.arange(a, b)) for a, b in [(0, 3), (3, 5)]]
+    labels = [torch.arange(0, 3), torch.arange(5, 7)]  # where each process's own blocks sit among the candidates
+    losses = [ict_loss(queries[a:b], candidates, labels[r]) for r, (a, b) in enumerate([(0, 3), (3, 5)])]
     (losses[0] + losses[1]).backward()
-    for rank, (a, b) in enumerate([(0, 3), (3, 5)]):
+    for rank, ((a, b), rows) in enumerate(zip([(0, 3), (3, 5)], [slice(0, 5), slice(5, 8)], strict=True)):
         saved = load_file(str(tmp_path / f"rank{rank}.safetensors"))
-        assert saved["candidates"].item() == 5
+        assert saved["candidates"].item() == 8
         assert saved["loss"].item() == pytest.approx(losses[rank].item(), abs=1e-6)
         torch.testing.assert_close(saved["queries"], queries.grad[a:b], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(saved["blocks"], blocks.grad[a:b], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(saved["blocks"], candidates.grad[rows], atol=1e-6, rtol=1e-5)
