@@ -8,8 +8,8 @@ supervised as DPR).
 
 Also runs as `python examples/pretrain_ict.py ...` (one process) or `torchrun --nproc_per_node N
 examples/pretrain_ict.py ... --cpu` (several CPU processes need `--cpu`). Without `--model` the offline demo BERT
-(all-MiniLM-L6-v2, the `demo` extra) is used. `--model` may be a plain BERT (both towers copy it, the 128-d
-projection starts fresh), a REALM retriever/scorer/embedder checkpoint, or an earlier run's OUTPUT_DIR/final.
+(all-MiniLM-L6-v2, the `demo` extra) is used. `--model` may be a plain BERT (both towers copy it, with the
+projection `--projection` says), a REALM retriever/scorer/embedder checkpoint, or an earlier run's OUTPUT_DIR/final.
 
 Data: `--corpus` is anything `tokenization.load_corpus` reads (jsonl/json/csv/tsv/parquet, a saved datasets
 directory, a Hub dataset id); its documents are cut into blocks of at most `--block-wordpieces` (288) wordpieces.
@@ -41,7 +41,7 @@ best-ranked block that is neither (`--no-hard-negatives`: in-batch negatives onl
 left out. Each step scores the questions against the batch's positives and hard negatives. The defaults in this mode
 are the measured ones (benchmarks/README.md section 5): one shared tower, lr 5e-5, batch 16, one epoch; on SQuAD from
 all-MiniLM-L6-v2, 150 such steps (16 minutes on 2 CPU cores) raised the gold-passage recall@1/5 of questions about
-passages never trained on from 61.8/85.9 to 68.3/89.9 (lr 2e-5: 89.8). The index is not changed: build a
+passages never trained on from 61.8/85.9 to 68.3/89.9 (at lr 2e-5 a one-off script measured 89.8). The index is not changed: build a
 new one with OUTPUT_DIR/final (`realm-build-index --model OUTPUT_DIR/final`) before fine-tuning a reader on it
 (`finetune_openqa.py --model OUTPUT_DIR/final`).
 """
