@@ -208,8 +208,6 @@ def load_blocks(args, tokenizer, accelerator):
     """(all blocks with block_id and doc_id, the blocks that give ICT examples); the main process works first."""
     import datasets
 
-    if args.qa_file is not None:
-        raise ValueError("load_blocks is for ICT; with --qa-file the blocks are the index's (load_pairs).")
     with accelerator.main_process_first():
         if args.corpus is not None:
             corpus = load_corpus(args.corpus, title_field=args.title_field, text_field=args.text_field,
@@ -236,18 +234,15 @@ def load_blocks(args, tokenizer, accelerator):
 
 def load_pairs(args, model, tokenizer, accelerator):
     """(the index's blocks, the mined pairs, the index) for --qa-file; every process mines all pairs."""
-    index = BlockIndex.load_from_disk(args.index) if Path(args.index).is_dir() else BlockIndex.from_pretrained(
-        args.index)
+    index = BlockIndex.from_pretrained(args.index)  # a directory or a Hub dataset id, as finetune_openqa.py
     index.check_compatible(model)
     records = load_qa_file(args.qa_file, match=args.match)
-    pairs, stats = mine_retriever_pairs(model, tokenizer, index, records, args.mining_blocks, args.match,
-                                        progress=accelerator.is_local_main_process)
+    pairs, _ = mine_retriever_pairs(model, tokenizer, index, records, args.mining_blocks, args.match,
+                                    progress=accelerator.is_local_main_process)
     if not pairs:
         raise ValueError(f"No question of {args.qa_file} has a positive block among its {args.mining_blocks} "
                          f"retrieved blocks of {args.index}: check that the index holds the passages the questions "
                          "are about and was built with --model, or raise --mining-blocks.")
-    logger.info("%d of %d questions have a positive block (%d without a hard negative)", stats["pairs"],
-                stats["questions"], stats["no_negative"])
     blocks = index.blocks.select_columns(["block_id", "doc_id", "title", "text"])
     return blocks, pairs, index
 
@@ -460,7 +455,8 @@ def main(argv=None) -> dict:
     elif args.eval_at_start and run.eval_records:
         evaluation["initial"] = evaluate(run, "index_initial")
     state = run.state
-    run.progress = tqdm(total=run.total_steps, initial=state["completed_steps"], desc="ICT" if run.args.qa_file is None else "retriever pairs",
+    desc = "ICT" if run.args.qa_file is None else "retriever pairs"
+    run.progress = tqdm(total=run.total_steps, initial=state["completed_steps"], desc=desc,
                         disable=not run.accelerator.is_local_main_process)
     while state["completed_steps"] < run.total_steps:
         run.loader.set_epoch(state["epoch"])  # the shuffle depends on (seed, epoch) only: a resumed run sees the same
